@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class AgentsHooksConfig(AppConfig):
+    name = "agents_hooks"
+    verbose_name = "Agent platform"
+
+    def ready(self) -> None:
+        from . import signals  # noqa: F401  (connects the receivers)

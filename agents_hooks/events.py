@@ -1,0 +1,147 @@
+"""What each platform change publishes: event type, `data`, and the extra targets of seeds
+000 and 003. Called by the thin receivers in `signals.py`.
+
+An event fires once, on the transition into a state. The receivers compare with the status
+loaded from the database (cheap, in-process); the event's `dedupe_key` makes it hold across
+processes too: two concurrent terminal updates of one run race on a unique index, one wins.
+"""
+
+import json
+
+from django.conf import settings
+
+from deliveries.events import Target, isoformat, publish
+from deliveries.models import DeliveryKind
+
+from .models import AgentTool, Job, Message, Run, Step, StepStatus, ToolExecution
+
+STEP_EVENT_TYPES = {
+    StepStatus.SUCCESS: "agent.step.completed",
+    StepStatus.FAILED: "agent.step.failed",
+    StepStatus.CANCELLED: "agent.step.cancelled",
+}
+
+# Seed 003, as Letta behaves: runs call back on completed/failed/cancelled, jobs on
+# completed/failed only.
+RUN_CALLBACK_STATUSES = ("completed", "failed", "cancelled")
+JOB_CALLBACK_STATUSES = ("completed", "failed")
+
+
+def entered_terminal_state(instance) -> bool:
+    return instance.status in instance.TERMINAL and instance.previous_status != instance.status
+
+
+def step_finished(step: Step) -> None:
+    targets = ()
+    if settings.STEP_COMPLETE_WEBHOOK:
+        targets = (Target(DeliveryKind.STEP_COMPLETE, settings.STEP_COMPLETE_WEBHOOK, {"step_id": step.id}),)
+    publish(
+        STEP_EVENT_TYPES[step.status],
+        organization=step.agent.organization_id,
+        agent=step.agent_id,
+        data={
+            "step_id": step.id,
+            "status": step.status,
+            "run_id": step.run_id,
+            "usage": step.usage,
+            "error": step.error or None,
+            "completed_at": isoformat(step.completed_at) if step.completed_at else None,
+        },
+        dedupe_key=f"{step.id}:finished",
+        targets=targets,
+    )
+
+
+def run_finished(run: Run) -> None:
+    data = _completion(run, "run_id")
+    targets = ()
+    if run.callback_url and run.status in RUN_CALLBACK_STATUSES:
+        targets = (Target(DeliveryKind.RUN_CALLBACK, run.callback_url, data),)
+    publish(
+        "agent.run.completed",
+        organization=run.agent.organization_id,
+        agent=run.agent_id,
+        data=data,
+        dedupe_key=f"{run.id}:finished",
+        targets=targets,
+    )
+
+
+def job_finished(job: Job) -> None:
+    data = _completion(job, "job_id")
+    targets = ()
+    if job.callback_url and job.status in JOB_CALLBACK_STATUSES:
+        targets = (Target(DeliveryKind.JOB_CALLBACK, job.callback_url, data),)
+    publish(
+        "agent.job.completed",
+        organization=job.organization_id,
+        agent=job.agent_id,
+        data=data,
+        dedupe_key=f"{job.id}:finished",
+        targets=targets,
+    )
+
+
+def _completion(obj: Run | Job, id_name: str) -> dict:
+    """Seed 003's callback payload, also the `data` of run/job events."""
+    return {
+        id_name: obj.id,
+        "status": obj.status,
+        "completed_at": isoformat(obj.completed_at) if obj.completed_at else None,
+        "metadata": obj.metadata,
+    }
+
+
+def message_sent(message: Message) -> None:
+    publish(
+        "agent.message.sent",
+        organization=message.agent.organization_id,
+        agent=message.agent_id,
+        data={
+            "message_id": message.id,
+            "role": message.role,
+            "content": message.content,
+            "step_id": message.step_id,
+        },
+        dedupe_key=f"{message.id}:sent",
+    )
+
+
+def tool_attachment_changed(attachment: AgentTool, attached: bool) -> None:
+    publish(
+        "agent.tool.attached" if attached else "agent.tool.detached",
+        organization=attachment.agent.organization_id,
+        agent=attachment.agent_id,
+        data={"tool_id": attachment.tool_id, "tool_name": attachment.tool.name},
+    )
+
+
+def tool_execution_finished(execution: ToolExecution) -> None:
+    publish(
+        "tool.execution.completed",
+        organization=execution.agent.organization_id,
+        agent=execution.agent_id,
+        data={
+            "tool_execution_id": execution.id,
+            "tool_id": execution.tool_id,
+            "tool_name": execution.tool.name,
+            "step_id": execution.step_id,
+            "status": execution.status,
+            "duration_ms": execution.duration_ms,
+        },
+        dedupe_key=f"{execution.id}:finished",
+    )
+
+
+def record_callback_attempt(delivery, attempt) -> None:
+    """Seed 003's tracking fields: last attempt time, any HTTP status, network errors only."""
+    body = json.loads(delivery.body)
+    if delivery.kind == DeliveryKind.RUN_CALLBACK:
+        rows = Run.objects.filter(pk=body["run_id"])
+    else:
+        rows = Job.objects.filter(pk=body["job_id"])
+    rows.update(
+        callback_sent_at=attempt.started_at,
+        callback_status_code=attempt.status_code,
+        callback_error=attempt.error or None,
+    )

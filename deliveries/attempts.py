@@ -1,0 +1,254 @@
+"""Making attempts: claim deliveries, POST them concurrently, record every outcome.
+
+The Celery tasks are thin wrappers over `attempt`; this module holds the rules:
+2xx succeeds; no answer, 408, 425, 429 and 5xx are retried; any other status fails at once
+(410 Gone also deactivates the endpoint); a retried delivery that has used up
+WEBHOOK_MAX_RETRIES is marked dead.
+
+A batch costs a fixed number of queries whatever its size: one UPDATE to claim, one SELECT,
+one INSERT of the attempt rows and one UPDATE of the deliveries.
+"""
+
+import datetime
+import logging
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from webhooks import signing
+from webhooks.models import Endpoint
+
+from . import signals, transport
+from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+SENSITIVE_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "key", "password")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one claimed delivery after its attempt."""
+
+    delivery_id: int
+    status: str  # a DeliveryStatus value; PENDING means a retry is due after `delay`
+    series_start: int = 0
+    attempts_in_series: int = 0  # including the attempt just made; = the next retry's number
+    delay: float = 0.0
+    retry_after: float | None = None
+    held: bool = False  # endpoint inactive: nothing sent, delivery kept for later
+
+
+def retry_delay(retries_done: int) -> int:
+    """Seconds before the next retry: the same formula Celery's autoretry applies."""
+    return get_exponential_backoff_interval(
+        factor=settings.WEBHOOK_RETRY_BACKOFF,
+        retries=retries_done,
+        maximum=settings.WEBHOOK_RETRY_BACKOFF_MAX,
+        full_jitter=False,
+    )
+
+
+def attempt(delivery_ids: list[int], expected_attempt_count: int | None = None) -> list[Outcome]:
+    """Claim the given deliveries, POST each once, record the attempts; return the outcomes.
+
+    Deliveries that cannot be claimed (already succeeded or failed, being sent by another
+    worker, or already past the attempt this call was meant to make) are skipped silently:
+    that is what makes duplicated task messages harmless.
+    """
+    claimed = _claim(delivery_ids, expected_attempt_count)
+    if not claimed:
+        return []
+    now = timezone.now()
+    timestamp = int(now.timestamp())
+    keys: dict[str, list[bytes]] = {}
+    held = [d for d in claimed if d.kind == DeliveryKind.ENDPOINT and not d.endpoint.is_active]
+    sendable = [d for d in claimed if not (d.kind == DeliveryKind.ENDPOINT and not d.endpoint.is_active)]
+    requests = [_request(d, timestamp, keys) for d in sendable]
+    responses = _post_all(requests)
+    outcomes = _record(sendable, requests, responses, now)
+    if held:
+        Delivery.objects.filter(pk__in=[d.pk for d in held]).update(lease=None, locked_until=None, next_attempt_at=None)
+        outcomes += [Outcome(d.pk, DeliveryStatus.PENDING, held=True) for d in held]
+    return outcomes
+
+
+def _claim(delivery_ids: list[int], expected_attempt_count: int | None) -> list[Delivery]:
+    now = timezone.now()
+    lease = uuid.uuid4().hex
+    lease_seconds = settings.WEBHOOK_CONNECT_TIMEOUT + max(settings.WEBHOOK_TIMEOUT, settings.STEP_COMPLETE_TIMEOUT)
+    claimable = Delivery.objects.filter(pk__in=delivery_ids, status=DeliveryStatus.PENDING).filter(
+        Q(locked_until__isnull=True) | Q(locked_until__lt=now)
+    )
+    if expected_attempt_count is not None:
+        claimable = claimable.filter(attempt_count=expected_attempt_count)
+    if not claimable.update(lease=lease, locked_until=now + datetime.timedelta(seconds=lease_seconds + 30)):
+        return []
+    return list(Delivery.objects.filter(pk__in=delivery_ids, lease=lease).select_related("event", "endpoint"))
+
+
+@dataclass(slots=True)
+class _Request:
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    timeout: float
+
+
+def _request(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> _Request:
+    event = delivery.event
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": transport.USER_AGENT,
+        "webhook-id": event.id,
+        "webhook-timestamp": str(timestamp),
+        "X-Letta-Event-Type": event.type,
+        "X-Letta-Event-Id": event.id,
+        "X-Letta-Timestamp": str(timestamp),
+    }
+    timeout = settings.WEBHOOK_TIMEOUT
+    if delivery.kind == DeliveryKind.ENDPOINT:
+        endpoint = delivery.endpoint
+        body = event.body.encode()
+        if endpoint.pk not in keys:
+            keys[endpoint.pk] = [signing.secret_key(endpoint.secret)]
+        # Custom headers first: ours win, so a custom header can never replace a signature.
+        headers = {
+            **endpoint.headers,
+            **headers,
+            **signing.signature_headers(keys[endpoint.pk], event.id, timestamp, body),
+        }
+        url = endpoint.url
+    else:
+        body = delivery.body.encode()
+        url = delivery.url
+        if delivery.kind == DeliveryKind.STEP_COMPLETE:
+            timeout = settings.STEP_COMPLETE_TIMEOUT
+            if settings.STEP_COMPLETE_KEY:
+                headers["Authorization"] = f"Bearer {settings.STEP_COMPLETE_KEY}"
+    return _Request(url, body, headers, timeout)
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_pid: int | None = None
+_executor_lock = threading.Lock()
+
+
+def _post_all(requests: list[_Request]) -> list[transport.Response]:
+    """POST concurrently on the process's delivery threads (one request needs no thread)."""
+    global _executor, _executor_pid
+
+    def send(r: _Request) -> transport.Response:
+        return transport.post(
+            r.url, r.body, r.headers, timeout=r.timeout, connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT
+        )
+
+    if len(requests) <= 1:
+        return [send(r) for r in requests]
+    if _executor_pid != os.getpid():
+        with _executor_lock:
+            if _executor_pid != os.getpid():
+                _executor = ThreadPoolExecutor(settings.WEBHOOK_HTTP_CONCURRENCY, thread_name_prefix="webhooks-post")
+                _executor_pid = os.getpid()
+    return list(_executor.map(send, requests))
+
+
+def _record(deliveries, requests, responses, now) -> list[Outcome]:
+    attempts, outcomes, gone_endpoints = [], [], set()
+    for delivery, request, response in zip(deliveries, requests, responses, strict=True):
+        delivery.attempt_count += 1
+        attempts.append(
+            Attempt(
+                delivery=delivery,
+                number=delivery.attempt_count,
+                started_at=now,
+                url=request.url,
+                status_code=response.status_code,
+                duration_ms=response.duration_ms,
+                response_body=response.body,
+                error=response.error,
+                request_headers=_redacted(request.headers),
+            )
+        )
+        delivery.last_attempt_at = now
+        delivery.last_status_code = response.status_code
+        delivery.last_error = response.error
+        delivery.lease = None
+        delivery.locked_until = None
+        outcome = _judge(delivery, response, now)
+        if response.status_code == 410 and delivery.kind == DeliveryKind.ENDPOINT:
+            gone_endpoints.add(delivery.endpoint_id)
+        outcomes.append(outcome)
+        _log(delivery, request, response, outcome)
+    Attempt.objects.bulk_create(attempts)
+    Delivery.objects.bulk_update(
+        deliveries,
+        [
+            "status",
+            "attempt_count",
+            "next_attempt_at",
+            "locked_until",
+            "lease",
+            "last_attempt_at",
+            "last_status_code",
+            "last_error",
+            "finished_at",
+        ],
+    )
+    if gone_endpoints:
+        Endpoint.objects.filter(pk__in=gone_endpoints).update(is_active=False)
+        logger.warning("endpoints %s answered 410 Gone: deactivated", sorted(gone_endpoints))
+    for delivery, attempt_row in zip(deliveries, attempts, strict=True):
+        if delivery.kind in (DeliveryKind.RUN_CALLBACK, DeliveryKind.JOB_CALLBACK):
+            signals.callback_attempted.send(sender=Delivery, delivery=delivery, attempt=attempt_row)
+    return outcomes
+
+
+def _judge(delivery: Delivery, response: transport.Response, now) -> Outcome:
+    """Set the delivery's status after an attempt and say what should happen next."""
+    code = response.status_code
+    made = delivery.attempt_count - delivery.series_start
+    outcome = Outcome(delivery.pk, DeliveryStatus.PENDING, series_start=delivery.series_start, attempts_in_series=made)
+    if code is not None and 200 <= code < 300:
+        outcome.status = DeliveryStatus.SUCCEEDED
+    elif code is not None and code not in RETRYABLE_STATUSES and code < 500:
+        outcome.status = DeliveryStatus.FAILED
+    elif made > settings.WEBHOOK_MAX_RETRIES:
+        outcome.status = DeliveryStatus.DEAD
+    else:
+        outcome.delay = retry_delay(made - 1)
+        if response.retry_after and code in (429, 503):
+            outcome.retry_after = min(response.retry_after, settings.WEBHOOK_RETRY_BACKOFF_MAX)
+            outcome.delay = max(outcome.delay, outcome.retry_after)
+    delivery.status = outcome.status
+    if outcome.status == DeliveryStatus.PENDING:
+        delivery.next_attempt_at = now + datetime.timedelta(seconds=outcome.delay)
+    else:
+        delivery.next_attempt_at = None
+        delivery.finished_at = now
+    return outcome
+
+
+def _redacted(headers: dict[str, str]) -> dict[str, str]:
+    return {
+        k: ("[redacted]" if any(w in k.lower() for w in SENSITIVE_HEADER_WORDS) and "signature" not in k.lower() else v)
+        for k, v in headers.items()
+    }
+
+
+def _log(delivery, request, response, outcome) -> None:
+    what = response.status_code if response.status_code is not None else response.error
+    if outcome.status == DeliveryStatus.SUCCEEDED:
+        logger.info("delivery %s to %s: %s in %d ms", delivery.pk, request.url, what, response.duration_ms)
+    elif outcome.status == DeliveryStatus.PENDING:
+        logger.warning("delivery %s to %s: %s, retry in %ss", delivery.pk, request.url, what, outcome.delay)
+    else:
+        logger.warning("delivery %s to %s: %s, %s", delivery.pk, request.url, what, outcome.status)

@@ -1,0 +1,117 @@
+"""The delivery log: one Event per thing that happened, one Delivery per place it must go,
+one Attempt per POST made (Saleor's EventDelivery / EventDeliveryAttempt shape)."""
+
+import os
+import time
+
+from django.db import models
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_event_id() -> str:
+    """`evt_` + a ULID: 48 bits of milliseconds then 80 random bits, Crockford base32, so
+    ids sort by creation time."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        value, rem = divmod(value, 32)
+        chars.append(_CROCKFORD[rem])
+    return "evt_" + "".join(reversed(chars))
+
+
+class Event(models.Model):
+    id = models.CharField(primary_key=True, max_length=40, default=new_event_id, editable=False)
+    type = models.CharField(max_length=100, db_index=True)
+    organization = models.ForeignKey("agents_hooks.Organization", on_delete=models.CASCADE, related_name="events")
+    agent = models.ForeignKey(
+        "agents_hooks.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+    )
+    # The exact JSON envelope POSTed to endpoints: serialised once, signed and sent as is.
+    body = models.TextField()
+    # Publishing twice with one key records one event (a unique index, so it holds across
+    # processes and concurrent transactions).
+    dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+
+class DeliveryKind(models.TextChoices):
+    ENDPOINT = "endpoint", "Webhook endpoint"
+    STEP_COMPLETE = "step_complete", "STEP_COMPLETE_WEBHOOK (seed 000)"
+    RUN_CALLBACK = "run_callback", "Run callback_url (seed 003)"
+    JOB_CALLBACK = "job_callback", "Job callback_url (seed 003)"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the receiver refused it (4xx): not retried
+    DEAD = "dead"  # every retry failed: given up, can be retried by hand
+
+
+class Delivery(models.Model):
+    """One event on its way to one target.
+
+    Idempotency: every attempt starts by claiming the row with a conditional UPDATE (status
+    pending, `attempt_count` as the task expects, lease free). A duplicated or stale task
+    message finds nothing to claim and sends nothing; a succeeded delivery is never claimed.
+    """
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    kind = models.CharField(max_length=16, choices=DeliveryKind.choices, default=DeliveryKind.ENDPOINT)
+    endpoint = models.ForeignKey(
+        "webhooks.Endpoint", on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
+    )
+    # Targets other than endpoints (seed 000 / 003) carry their own URL and body.
+    url = models.URLField(max_length=2048, blank=True, default="")
+    body = models.TextField(null=True, blank=True)
+
+    status = models.CharField(max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempt_count = models.PositiveIntegerField(default=0)
+    # attempt_count when the current series of retries began (a manual retry starts a new one).
+    series_start = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    lease = models.CharField(max_length=32, null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.IntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        indexes = [
+            # The sweeper's scan: pending deliveries by due time.
+            models.Index(fields=["next_attempt_at"], name="delivery_due", condition=models.Q(status="pending")),
+            models.Index(fields=["endpoint", "created_at"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} of {self.event_id}"
+
+    @property
+    def target_url(self) -> str:
+        return self.endpoint.url if self.kind == DeliveryKind.ENDPOINT and self.endpoint_id else self.url
+
+
+class Attempt(models.Model):
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField(db_index=True)
+    url = models.URLField(max_length=2048)
+    status_code = models.IntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField()
+    response_body = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    request_headers = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["delivery", "number"]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of delivery {self.delivery_id}"

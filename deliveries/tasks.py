@@ -1,0 +1,66 @@
+"""Celery tasks: thin wrappers over `attempts` and `recovery`. Only ids travel.
+
+* `deliver_batch(ids)`: first attempts of freshly published deliveries, sent concurrently.
+  A delivery that needs a retry continues as a `deliver` task.
+* `deliver(id, series_start)`: one attempt of one delivery, retried by Celery's autoretry
+  with exponential backoff (WEBHOOK_RETRY_BACKOFF * 2**n, capped at _MAX, jitter per
+  WEBHOOK_RETRY_JITTER) up to WEBHOOK_MAX_RETRIES. The message's `retries` counter says which
+  attempt it carries, so a duplicated or stale message claims nothing and sends nothing.
+* `sweep` (beat): re-enqueue overdue pending deliveries. `purge_attempts` (beat): retention.
+
+Tasks are acknowledged late (settings), so a worker killed mid-delivery leaves its message to
+be delivered again; the claim in `attempts` keeps that from sending a finished delivery twice.
+"""
+
+from celery import shared_task
+from django.conf import settings
+
+from . import attempts, recovery
+from .models import DeliveryStatus
+
+
+class RetryableFailure(Exception):
+    """The attempt got no answer, or 408/425/429/5xx: Celery's autoretry schedules the next."""
+
+
+@shared_task(ignore_result=True)
+def deliver_batch(delivery_ids: list[int]) -> None:
+    for outcome in attempts.attempt(delivery_ids, expected_attempt_count=0):
+        if outcome.status == DeliveryStatus.PENDING and not outcome.held:
+            # Continue as a `deliver` task whose retry counter says this was attempt 1, so
+            # its own autoretry backoff carries on from the right step.
+            deliver.apply_async(
+                (outcome.delivery_id, outcome.series_start), retries=outcome.attempts_in_series, countdown=outcome.delay
+            )
+
+
+@shared_task(
+    bind=True,
+    ignore_result=True,
+    autoretry_for=(RetryableFailure,),
+    retry_backoff=settings.WEBHOOK_RETRY_BACKOFF,
+    retry_backoff_max=settings.WEBHOOK_RETRY_BACKOFF_MAX,
+    retry_jitter=settings.WEBHOOK_RETRY_JITTER,
+    max_retries=settings.WEBHOOK_MAX_RETRIES,
+)
+def deliver(self, delivery_id: int, series_start: int = 0) -> None:
+    outcomes = attempts.attempt([delivery_id], expected_attempt_count=series_start + self.request.retries)
+    if not outcomes:
+        return  # nothing to do: finished, in flight elsewhere, or a stale duplicate message
+    outcome = outcomes[0]
+    if outcome.status != DeliveryStatus.PENDING or outcome.held:
+        return
+    if outcome.retry_after and outcome.retry_after > attempts.retry_delay(self.request.retries):
+        # The receiver asked for a longer pause than our backoff (429/503 Retry-After).
+        raise self.retry(countdown=outcome.delay)
+    raise RetryableFailure(f"delivery {delivery_id}: attempt {outcome.attempts_in_series} of this series failed")
+
+
+@shared_task(ignore_result=True)
+def sweep() -> int:
+    return recovery.sweep_due()
+
+
+@shared_task(ignore_result=True)
+def purge_attempts() -> int:
+    return recovery.purge_attempts()

@@ -1,0 +1,78 @@
+"""Shared fixtures: the real services, a real Celery worker process, a real HTTP receiver.
+
+The suite needs PostgreSQL and Redis (tests/settings.py says where). If either is missing
+the run stops with an error: service-backed tests are never skipped silently.
+"""
+
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+from django.conf import settings
+
+from agents_hooks.models import Agent, Organization
+from tests.receiver import Receiver
+from tests.support import Worker
+from webhooks.models import Endpoint
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session):
+    db = settings.DATABASES["default"]
+    broker = urlsplit(settings.CELERY_BROKER_URL)
+    missing = []
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        missing.append(f"PostgreSQL (DATABASE_URL is {db['ENGINE']})")
+    elif not _reachable(db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432)):
+        missing.append(f"PostgreSQL at {db.get('HOST')}:{db.get('PORT')}")
+    if not _reachable(broker.hostname or "127.0.0.1", broker.port or 6379):
+        missing.append(f"Redis at {broker.hostname}:{broker.port}")
+    if missing:
+        pytest.exit("required services unreachable: " + ", ".join(missing) + " (see README, 'Tests')", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    w = Worker(tmp_path_factory.mktemp("worker") / "worker.log")
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def live(transactional_db, worker, receiver):
+    """Committed data, a running worker and a clean receiver: the end-to-end setting."""
+    receiver.reset()
+    return receiver
+
+
+@pytest.fixture
+def org(db):
+    return Organization.objects.create(name="Acme")
+
+
+@pytest.fixture
+def agent(org):
+    return Agent.objects.create(organization=org, name="helper")
+
+
+@pytest.fixture
+def make_endpoint(org, receiver):
+    def make(path: str = "/hook", **fields) -> Endpoint:
+        fields.setdefault("url", receiver.url(path))
+        return Endpoint.objects.create(organization=org, **fields)
+
+    return make

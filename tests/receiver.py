@@ -1,0 +1,102 @@
+"""A real HTTP receiver on 127.0.0.1 for tests: records every request, answers from a script.
+
+receiver.script("/hook", [500, 500, 200])           # statuses in order, then 200s
+receiver.script("/slow", [Reply(200, delay=2)])
+receiver.wait_for(3, path="/hook")                   # -> the three requests
+"""
+
+import http.server
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict = field(default_factory=dict)
+    body: bytes = b"ok"
+    delay: float = 0.0
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict
+    body: bytes
+    at: float  # time.time() on arrival
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._scripts: dict[str, list[Reply]] = {}
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                reply = owner._next_reply(self.path)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                with owner._arrived:
+                    owner.requests.append(Received(self.path, dict(self.headers.items()), body, time.time()))
+                    owner._arrived.notify_all()
+                self.send_response(reply.status)
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def script(self, path: str, replies: list) -> None:
+        with self._lock:
+            self._scripts[path] = [r if isinstance(r, Reply) else Reply(r) for r in replies]
+
+    def _next_reply(self, path: str) -> Reply:
+        with self._lock:
+            queue = self._scripts.get(path)
+            return queue.pop(0) if queue else Reply()
+
+    def received(self, path: str | None = None) -> list[Received]:
+        with self._lock:
+            return [r for r in self.requests if path is None or r.path == path]
+
+    def wait_for(self, count: int, path: str | None = None, timeout: float = 20.0) -> list[Received]:
+        """Block until `count` requests (to `path`) have arrived; fail after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                got = [r for r in self.requests if path is None or r.path == path]
+                if len(got) >= count:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"expected {count} requests to {path or 'any path'}, got {len(got)}")
+                self._arrived.wait(remaining)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._scripts.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

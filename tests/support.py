@@ -1,0 +1,72 @@
+"""Helpers shared by the tests: waiting on conditions, child processes on the test database."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(condition, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def child_database_url() -> str:
+    """DATABASE_URL of the test database (pytest-django's test_ copy), for child processes."""
+    d = connection.settings_dict
+    auth = d["USER"] + (f":{d['PASSWORD']}" if d["PASSWORD"] else "")
+    return f"postgres://{auth}@{d['HOST'] or '127.0.0.1'}:{d['PORT'] or 5432}/{d['NAME']}"
+
+
+class Worker:
+    """A `celery worker` process (with embedded beat) on the test database."""
+
+    def __init__(self, log_path: Path, extra_env: dict | None = None, pool: str = "threads", concurrency: int = 8):
+        self.log_path = log_path
+        self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": child_database_url()}
+        env.update(extra_env or {})
+        self.env = env
+        cmd = [
+            sys.executable, "-m", "celery", "-A", "webhooks_project", "worker", "-B",
+            "-s", str(log_path.with_suffix(".beat")), "--pool", pool, "-c", str(concurrency),
+            "-l", "info", "-Q", env["CELERY_QUEUE"], "-n", self.name, "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.wait_log(r"ready\.", timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match:
+        def found():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            return re.search(pattern, self.log())
+
+        return wait_until(found, timeout, message=f"worker log to show {pattern!r}")
+
+    def stop(self, sig_kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill() if sig_kill else self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()

@@ -1,0 +1,205 @@
+"""Settings: every environment variable the service reads, read once, here.
+
+Defaults are the embedded development configuration (SQLite and a filesystem broker under
+./var/, nothing to install). Production sets at least DJANGO_SECRET_KEY, DJANGO_DEBUG=false,
+DJANGO_ALLOWED_HOSTS, DATABASE_URL=postgres://... and CELERY_BROKER_URL=redis://...
+The README's "Configuration" table lists the same variables.
+
+A variable that cannot be parsed stops start-up with ImproperlyConfigured naming it, rather
+than a bare ValueError from deep inside a cast.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("WEBHOOKS_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+_env = environ.Env()
+
+
+def env(name: str, cast, default):
+    """Read one variable with `cast`; a bad value names the variable in the error."""
+    try:
+        value = getattr(_env, cast)(name, default=default)
+    except (ValueError, TypeError, environ.ImproperlyConfigured) as exc:
+        raise ImproperlyConfigured(f"{name}: invalid value {_env.str(name, default='')!r} ({exc})") from exc
+    return value
+
+
+def env_positive(name: str, cast, default, minimum=0):
+    value = env(name, cast, default)
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}: must be >= {minimum}, got {value!r}")
+    return value
+
+
+# --- Django core -------------------------------------------------------------------------
+DEBUG = env("DJANGO_DEBUG", "bool", True)
+SECRET_KEY = env("DJANGO_SECRET_KEY", "str", "dev-only-insecure-key-change-me" if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY: required when DJANGO_DEBUG is false")
+ALLOWED_HOSTS = env("DJANGO_ALLOWED_HOSTS", "list", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "agents_hooks",
+    "webhooks",
+    "deliveries",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "webhooks_project.urls"
+WSGI_APPLICATION = "webhooks_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# DATABASE_URL: sqlite:///path or postgres://user:pass@host:port/name.
+try:
+    DATABASES = {"default": _env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+except Exception as exc:  # environ raises several types for a malformed URL
+    raise ImproperlyConfigured(f"DATABASE_URL: invalid value ({exc})") from exc
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat share one file: WAL and a busy timeout keep them from tripping
+    # over each other's write locks.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    # Persistent connections: a worker delivering hundreds of webhooks a second should not
+    # reconnect per task. DATABASE_CONN_MAX_AGE seconds, 0 to close after each request.
+    DATABASES["default"]["CONN_MAX_AGE"] = env_positive("DATABASE_CONN_MAX_AGE", "int", 600)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+}
+
+LOG_LEVEL = env("LOG_LEVEL", "str", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "agents_hooks": {"level": LOG_LEVEL},
+        "webhooks": {"level": LOG_LEVEL},
+        "deliveries": {"level": LOG_LEVEL},
+    },
+}
+
+# --- Webhook delivery ----------------------------------------------------------------------
+# Timeouts in seconds for one POST: connect, and the whole request including the response.
+WEBHOOK_CONNECT_TIMEOUT = env_positive("WEBHOOK_CONNECT_TIMEOUT", "float", 5.0, minimum=0.01)
+WEBHOOK_TIMEOUT = env_positive("WEBHOOK_TIMEOUT", "float", 5.0, minimum=0.01)
+# Retries after the first attempt; delays grow as BACKOFF * 2**n seconds, capped at BACKOFF_MAX.
+WEBHOOK_MAX_RETRIES = env_positive("WEBHOOK_MAX_RETRIES", "int", 10)
+WEBHOOK_RETRY_BACKOFF = env_positive("WEBHOOK_RETRY_BACKOFF", "int", 5, minimum=1)
+WEBHOOK_RETRY_BACKOFF_MAX = env_positive("WEBHOOK_RETRY_BACKOFF_MAX", "int", 3600, minimum=1)
+# Celery's jitter is "full jitter": a delay anywhere in [0, backoff], so a retry can come at
+# once. Off by default, so the documented schedule is the schedule; turn it on to spread
+# retries to an endpoint that recovers from an outage.
+WEBHOOK_RETRY_JITTER = env("WEBHOOK_RETRY_JITTER", "bool", False)
+# Largest event envelope publish() accepts; a larger one is refused (and logged), the
+# change that caused it is still saved.
+WEBHOOK_MAX_PAYLOAD_BYTES = env_positive("WEBHOOK_MAX_PAYLOAD_BYTES", "int", 256 * 1024, minimum=1024)
+# Bytes of each response body kept in the attempt log.
+WEBHOOK_RESPONSE_BODY_LIMIT = env_positive("WEBHOOK_RESPONSE_BODY_LIMIT", "int", 4096)
+# POSTs one worker process keeps in flight at once (its HTTP thread pool).
+WEBHOOK_HTTP_CONCURRENCY = env_positive("WEBHOOK_HTTP_CONCURRENCY", "int", 32, minimum=1)
+# Deliveries handed to the broker in one message (first attempts are sent as a batch).
+WEBHOOK_BATCH_SIZE = env_positive("WEBHOOK_BATCH_SIZE", "int", 50, minimum=1)
+# The sweeper re-enqueues pending deliveries overdue by more than SWEEP_GRACE seconds
+# (broker down at publish time, lost message, killed worker); it runs every SWEEP_INTERVAL.
+WEBHOOK_SWEEP_INTERVAL = env_positive("WEBHOOK_SWEEP_INTERVAL", "float", 30.0, minimum=0.1)
+WEBHOOK_SWEEP_GRACE = env_positive("WEBHOOK_SWEEP_GRACE", "float", 60.0)
+# Attempt rows older than this many days are purged daily; 0 keeps them forever.
+WEBHOOK_ATTEMPT_RETENTION_DAYS = env_positive("WEBHOOK_ATTEMPT_RETENTION_DAYS", "int", 30)
+
+# Seed 000 compatibility: every step reaching success/failed/cancelled POSTs {"step_id": ...}
+# here, with `Authorization: Bearer STEP_COMPLETE_KEY` when that is set.
+STEP_COMPLETE_WEBHOOK = env("STEP_COMPLETE_WEBHOOK", "str", "")
+STEP_COMPLETE_KEY = env("STEP_COMPLETE_KEY", "str", "")
+STEP_COMPLETE_TIMEOUT = env_positive("STEP_COMPLETE_TIMEOUT", "float", 10.0, minimum=0.01)
+
+# --- Celery --------------------------------------------------------------------------------
+# The default broker is kombu's filesystem transport under var/broker: no server to install.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "str", "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+        "control_folder": str(_broker_dir / "control"),
+    }
+    for _name in ("queue", "processed", "control"):
+        (_broker_dir / _name).mkdir(parents=True, exist_ok=True)
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Redis redelivers an unacknowledged message after the visibility timeout. Retries wait
+    # in the worker as unacknowledged ETA messages, so the timeout must outlast the longest
+    # backoff, or a waiting retry would be delivered twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": WEBHOOK_RETRY_BACKOFF_MAX + 2 * (WEBHOOK_CONNECT_TIMEOUT + WEBHOOK_TIMEOUT) + 600,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+    }
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "str", "webhooks")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_positive("CELERY_WORKER_PREFETCH_MULTIPLIER", "int", 4, minimum=1)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    "sweep-due-deliveries": {"task": "deliveries.tasks.sweep", "schedule": WEBHOOK_SWEEP_INTERVAL},
+    "purge-old-attempts": {"task": "deliveries.tasks.purge_attempts", "schedule": 3600.0},
+}
