@@ -120,12 +120,8 @@ def _request(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -
         body = event.body.encode()
         if endpoint.pk not in keys:
             keys[endpoint.pk] = [signing.secret_key(endpoint.secret)]
-        # Custom headers first: ours win, so a custom header can never replace a signature.
-        headers = {
-            **endpoint.headers,
-            **headers,
-            **signing.signature_headers(keys[endpoint.pk], event.id, timestamp, body),
-        }
+        headers.update(signing.signature_headers(keys[endpoint.pk], event.id, timestamp, body))
+        headers = {**endpoint.custom_headers(), **headers}
         url = endpoint.url
     else:
         body = delivery.body.encode()

@@ -111,9 +111,10 @@ def test_endpoint_filters_by_event_type_and_agent(live, org, agent, make_endpoin
 
 
 def test_custom_headers_are_sent_but_cannot_replace_ours(live, agent, make_endpoint):
-    endpoint = make_endpoint(headers={"X-Team": "agents", "webhook-signature": "forged", "Content-Type": "text/plain"})
+    endpoint = make_endpoint(headers={"X-Team": "agents", "Webhook-Signature": "forged", "content-type": "text/plain"})
     finish(Step.objects.create(agent=agent))
     (request,) = live.wait_for(1)
     assert request.headers["X-Team"] == "agents"
     assert request.headers["Content-Type"] == "application/json"
+    assert [k for k in request.headers if k.lower() == "content-type"] == ["Content-Type"]
     Webhook(endpoint.secret).verify(request.body, request.headers)

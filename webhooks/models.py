@@ -7,6 +7,25 @@ from django.db import models
 
 from . import signing
 
+# Headers the service sets on every POST; an endpoint's custom headers may not replace them.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "host",
+        "user-agent",
+        "transfer-encoding",
+        "connection",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "x-letta-event-type",
+        "x-letta-event-id",
+        "x-letta-timestamp",
+        "x-letta-signature",
+    }
+)
+
 
 def new_endpoint_id() -> str:
     return "ep_" + secrets.token_hex(12)
@@ -55,6 +74,11 @@ class Endpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url
+
+    def custom_headers(self) -> dict[str, str]:
+        """The endpoint's extra headers, less any that would replace one of ours (matched
+        case-insensitively, as HTTP does)."""
+        return {k: v for k, v in (self.headers or {}).items() if k.lower() not in RESERVED_HEADERS}
 
     def wants(self, event_type: str) -> bool:
         patterns = self.event_types or ()

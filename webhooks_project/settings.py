@@ -167,7 +167,7 @@ STEP_COMPLETE_TIMEOUT = env_positive("STEP_COMPLETE_TIMEOUT", "float", 10.0, min
 
 # --- Celery --------------------------------------------------------------------------------
 # The default broker is kombu's filesystem transport under var/broker: no server to install.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", "str", "filesystem://")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "str", "filesystem://localhost/")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
@@ -177,6 +177,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_broker_dir / "processed"),
         "store_processed": False,
         "control_folder": str(_broker_dir / "control"),
+        "polling_interval": 0.1,
     }
     for _name in ("queue", "processed", "control"):
         (_broker_dir / _name).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Set up and run the project with nothing but Python 3.11+.
+
+    python3 dev.py up      create .venv, install, migrate, run web + worker + beat (Ctrl-C stops)
+    python3 dev.py test    create .venv, install, run the test suite (needs PostgreSQL and Redis)
+
+Extra arguments after `test` go to pytest; after `up`, to `manage.py runall`.
+"""
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv(requirements: str) -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be run by an older python3
+        sys.exit(f"Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    stamp = VENV / f".installed-{requirements}"
+    source = ROOT / requirements
+    wanted = "".join((ROOT / f).read_text() for f in ("requirements.txt", requirements))
+    if not stamp.exists() or stamp.read_text() != wanted:
+        run([str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(source)])
+        stamp.write_text(wanted)
+
+
+def run(cmd: list[str]) -> None:
+    result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode:
+        sys.exit(result.returncode)
+
+
+def main() -> None:
+    action, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if action == "up":
+        ensure_venv("requirements.txt")
+        os.execv(str(PYTHON), [str(PYTHON), str(ROOT / "manage.py"), "runall", *rest])
+    elif action == "test":
+        ensure_venv("requirements-dev.txt")
+        os.execv(str(PYTHON), [str(PYTHON), "-m", "pytest", *rest])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

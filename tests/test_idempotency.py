@@ -1,0 +1,65 @@
+"""Duplicated task messages (worker restarts, Redis redelivery) never POST a delivery twice."""
+
+from agents_hooks.models import Step
+from deliveries.models import Attempt, Delivery
+from deliveries.tasks import deliver, deliver_batch
+from tests.receiver import Reply
+from tests.support import wait_until
+
+
+def complete_a_step(agent):
+    step = Step.objects.create(agent=agent)
+    step.status = "success"
+    step.save()
+
+
+def wait_task_done(worker, result):
+    worker.wait_log(rf"Task deliveries\.tasks\.\w+\[{result.id}\] (succeeded|retry)")
+
+
+def test_duplicate_messages_after_success_send_nothing(live, worker, agent, make_endpoint):
+    make_endpoint()
+    complete_a_step(agent)
+    live.wait_for(1)
+    delivery = wait_until(lambda: Delivery.objects.filter(status="succeeded").first(), message="success")
+
+    duplicates = [
+        deliver_batch.apply_async(([delivery.pk],)),
+        deliver.apply_async((delivery.pk, 0)),
+        deliver.apply_async((delivery.pk, 0), retries=1),
+    ]
+    for result in duplicates:
+        wait_task_done(worker, result)
+    assert len(live.received()) == 1
+    assert Attempt.objects.filter(delivery=delivery).count() == 1
+
+
+def test_duplicate_messages_while_in_flight_send_once(live, worker, agent, make_endpoint):
+    make_endpoint()
+    live.script("/hook", [Reply(200, delay=1.5)])
+    complete_a_step(agent)
+    delivery = wait_until(lambda: Delivery.objects.first(), message="delivery recorded")
+    # While the first POST is still waiting for its slow answer, the same message comes again.
+    wait_until(lambda: Delivery.objects.filter(pk=delivery.pk, lease__isnull=False).exists(), message="claim")
+    duplicate = deliver_batch.apply_async(([delivery.pk],))
+    wait_task_done(worker, duplicate)
+    live.wait_for(1)
+    wait_until(lambda: Delivery.objects.filter(pk=delivery.pk, status="succeeded").exists(), message="success")
+    assert len(live.received()) == 1
+    assert Attempt.objects.filter(delivery=delivery).count() == 1
+
+
+def test_a_stale_retry_message_does_not_jump_the_backoff(live, worker, agent, make_endpoint):
+    """A copy of the message for attempt 2, arriving after attempt 2 was made, sends nothing."""
+    make_endpoint()
+    live.script("/hook", [500, 500, 200])
+    complete_a_step(agent)
+    live.wait_for(2)
+    delivery = Delivery.objects.get()
+    wait_until(lambda: Attempt.objects.filter(delivery=delivery).count() == 2, message="two attempts logged")
+    stale = deliver.apply_async((delivery.pk, 0), retries=1)  # a second copy of attempt 2's message
+    wait_task_done(worker, stale)
+    third = live.wait_for(3)[2]
+    assert third.at - live.received()[1].at >= 1.9  # attempt 3 still waited for its backoff
+    wait_until(lambda: Delivery.objects.filter(pk=delivery.pk, status="succeeded").exists(), message="success")
+    assert Attempt.objects.filter(delivery=delivery).count() == 3
