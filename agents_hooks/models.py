@@ -10,6 +10,8 @@ use `save()` (or the REST API) when the change should be reported.
 """
 
 import functools
+import hashlib
+import secrets
 import uuid
 
 from django.db import models, transaction
@@ -203,3 +205,38 @@ class ToolExecution(TracksStatus):
     created_at = models.DateTimeField(auto_now_add=True)
 
     TERMINAL = (ToolExecutionStatus.SUCCESS, ToolExecutionStatus.ERROR)
+
+
+class ApiKey(models.Model):
+    """An organization's key for the REST API (`Authorization: Bearer <key>`).
+
+    Only a SHA-256 hash is stored: the key is shown once, when created. Keys are 32 random
+    bytes, so a fast hash is enough (no brute force can walk that space).
+    """
+
+    PREFIX = "ahk_"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True, default="")
+    key_prefix = models.CharField(max_length=16, editable=False, help_text="First characters, to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.key_prefix}… ({self.name or self.organization})"
+
+    @staticmethod
+    def hash(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, organization: Organization, name: str = "") -> tuple["ApiKey", str]:
+        """Create a key; return the row and the key itself, which is not stored anywhere."""
+        key = cls.PREFIX + secrets.token_urlsafe(32)
+        row = cls.objects.create(organization=organization, name=name, key_prefix=key[:10], key_hash=cls.hash(key))
+        return row, key

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from webhooks import signing
@@ -60,9 +60,11 @@ def retry_delay(retries_done: int) -> int:
 def attempt(delivery_ids: list[int], expected_attempt_count: int | None = None) -> list[Outcome]:
     """Claim the given deliveries, POST each once, record the attempts; return the outcomes.
 
-    Deliveries that cannot be claimed (already succeeded or failed, being sent by another
-    worker, or already past the attempt this call was meant to make) are skipped silently:
-    that is what makes duplicated task messages harmless.
+    `expected_attempt_count` is how many attempts the delivery must have had for this call to
+    make the next one; None means "the first attempt of its current series" (a fresh delivery,
+    or one just retried by hand). Deliveries that cannot be claimed (already succeeded or
+    failed, being sent by another worker, or past the attempt this call was meant to make)
+    are skipped silently: that is what makes duplicated task messages harmless.
     """
     claimed = _claim(delivery_ids, expected_attempt_count)
     if not claimed:
@@ -88,7 +90,9 @@ def _claim(delivery_ids: list[int], expected_attempt_count: int | None) -> list[
     claimable = Delivery.objects.filter(pk__in=delivery_ids, status=DeliveryStatus.PENDING).filter(
         Q(locked_until__isnull=True) | Q(locked_until__lt=now)
     )
-    if expected_attempt_count is not None:
+    if expected_attempt_count is None:
+        claimable = claimable.filter(attempt_count=F("series_start"))
+    else:
         claimable = claimable.filter(attempt_count=expected_attempt_count)
     if not claimable.update(lease=lease, locked_until=now + datetime.timedelta(seconds=lease_seconds + 30)):
         return []
@@ -119,7 +123,7 @@ def _request(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -
         endpoint = delivery.endpoint
         body = event.body.encode()
         if endpoint.pk not in keys:
-            keys[endpoint.pk] = [signing.secret_key(endpoint.secret)]
+            keys[endpoint.pk] = endpoint.signing_keys()
         headers.update(signing.signature_headers(keys[endpoint.pk], event.id, timestamp, body))
         headers = {**endpoint.custom_headers(), **headers}
         url = endpoint.url

@@ -56,19 +56,21 @@ def publish(
     data: dict,
     dedupe_key: str | None = None,
     targets: tuple[Target, ...] = (),
+    endpoints: list[Endpoint] | None = None,
 ) -> Event | None:
     """Record an event and its deliveries; return the Event, or None if nothing was recorded.
 
     Never raises and never blocks on the network: the caller's own work must not fail
     because of webhooks (seed 000, "Common Behavior"). Failures are logged. With
     `dedupe_key`, a second publish with the same key (in any process) records nothing.
-    `organization` and `agent` may be model instances or ids.
+    `organization` and `agent` may be model instances or ids. `endpoints`, if given, replaces
+    the subscription lookup (a test event goes to the one endpoint it tests).
     """
     organization_id = getattr(organization, "pk", organization)
     agent_id = getattr(agent, "pk", agent)
     try:
         with transaction.atomic():
-            event, delivery_ids = _record(event_type, organization_id, agent_id, data, dedupe_key, targets)
+            event, delivery_ids = _record(event_type, organization_id, agent_id, data, dedupe_key, targets, endpoints)
     except IntegrityError:
         if dedupe_key and Event.objects.filter(dedupe_key=dedupe_key).exists():
             logger.debug("event %s already published (%s)", event_type, dedupe_key)
@@ -83,7 +85,7 @@ def publish(
     return event
 
 
-def _record(event_type, organization_id, agent_id, data, dedupe_key, targets) -> tuple[Event, list[int]]:
+def _record(event_type, organization_id, agent_id, data, dedupe_key, targets, endpoints) -> tuple[Event, list[int]]:
     now = timezone.now()
     event = Event(type=event_type, organization_id=organization_id, agent_id=agent_id, dedupe_key=dedupe_key)
     event.created_at = now
@@ -103,10 +105,9 @@ def _record(event_type, organization_id, agent_id, data, dedupe_key, targets) ->
             f"({settings.WEBHOOK_MAX_PAYLOAD_BYTES})"
         )
     event.save(force_insert=True)
-    deliveries = [
-        Delivery(event=event, endpoint_id=ep.pk, created_at=now, next_attempt_at=now)
-        for ep in Endpoint.objects.subscribed(organization_id, agent_id, event_type)
-    ]
+    if endpoints is None:
+        endpoints = Endpoint.objects.subscribed(organization_id, agent_id, event_type)
+    deliveries = [Delivery(event=event, endpoint_id=ep.pk, created_at=now, next_attempt_at=now) for ep in endpoints]
     deliveries += [
         Delivery(event=event, kind=t.kind, url=t.url, body=dumps(t.body), created_at=now, next_attempt_at=now)
         for t in targets
@@ -114,3 +115,16 @@ def _record(event_type, organization_id, agent_id, data, dedupe_key, targets) ->
     if deliveries:
         Delivery.objects.bulk_create(deliveries)
     return event, [d.pk for d in deliveries]
+
+
+def send_test(endpoint: Endpoint) -> Delivery:
+    """Send a `webhook.test` event to one endpoint through the normal pipeline."""
+    event = publish(
+        "webhook.test",
+        organization=endpoint.organization_id,
+        data={"endpoint_id": endpoint.pk, "message": "Test event from agent-webhooks: your endpoint is reachable."},
+        endpoints=[endpoint],
+    )
+    if event is None:
+        raise RuntimeError("could not record the test event (see the log)")
+    return event.deliveries.get()

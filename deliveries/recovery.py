@@ -11,9 +11,11 @@ import logging
 import time
 
 from django.conf import settings
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
+from . import enqueue
 from .models import Attempt, Delivery, DeliveryStatus
 
 logger = logging.getLogger(__name__)
@@ -45,12 +47,12 @@ def sweep_due() -> int:
         Delivery.objects.filter(pk__in=[pk for pk, _, _ in due], status=DeliveryStatus.PENDING).update(
             next_attempt_at=now
         )
-        fresh = [pk for pk, count, _ in due if count == 0]
+        fresh = [pk for pk, count, start in due if count == start]
         try:
             for i in range(0, len(fresh), settings.WEBHOOK_BATCH_SIZE):
                 deliver_batch.delay(fresh[i : i + settings.WEBHOOK_BATCH_SIZE])
             for pk, count, start in due:
-                if count:
+                if count != start:
                     deliver.apply_async((pk, start), retries=count - start)
         except Exception as exc:
             logger.warning("sweep: broker unavailable (%s); will try again next sweep", exc)
@@ -72,3 +74,73 @@ def purge_attempts() -> int:
     if deleted:
         logger.info("purged %d attempts older than %d days", deleted, days)
     return deleted
+
+
+class NotRetryable(ValueError):
+    """A manual retry of a delivery that is still pending, or succeeded without `force`."""
+
+
+def retry_delivery(delivery: Delivery, *, force: bool = False) -> Delivery:
+    """Start a fresh series of attempts now (the admin action, the API and the CLI call this).
+
+    Failed and dead deliveries may be retried; a succeeded one only with `force` (it will be
+    POSTed again); a pending one is already on its way and is refused.
+    """
+    allowed = [DeliveryStatus.FAILED, DeliveryStatus.DEAD] + ([DeliveryStatus.SUCCEEDED] if force else [])
+    restarted = _restart(Delivery.objects.filter(pk=delivery.pk, status__in=allowed))
+    if not restarted:
+        delivery.refresh_from_db()
+        if delivery.status == DeliveryStatus.SUCCEEDED:
+            raise NotRetryable("delivery already succeeded; pass force to send it again")
+        raise NotRetryable(f"delivery is {delivery.status}: it is already being delivered")
+    delivery.refresh_from_db()
+    return delivery
+
+
+def recover_endpoint(endpoint, since: datetime.datetime) -> int:
+    """Retry every failed or dead delivery of `endpoint` created since `since`; return how many."""
+    rows = Delivery.objects.filter(
+        endpoint=endpoint, created_at__gte=since, status__in=[DeliveryStatus.FAILED, DeliveryStatus.DEAD]
+    )
+    return _restart(rows)
+
+
+def resume_endpoint(endpoint) -> int:
+    """Re-enable an endpoint and send the deliveries held while it was disabled, oldest first."""
+    from webhooks.models import Endpoint
+
+    Endpoint.objects.filter(pk=endpoint.pk).update(
+        is_active=True, disabled_at=None, disabled_reason="", failing_since=None
+    )
+    endpoint.refresh_from_db()
+    held = list(
+        Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)
+    )
+    Delivery.objects.filter(pk__in=held, next_attempt_at__isnull=True).update(
+        next_attempt_at=timezone.now(), series_start=F("attempt_count")
+    )
+    _submit(held)
+    return len(held)
+
+
+def _restart(rows) -> int:
+    """Make `rows` pending at the start of a new series and hand them to the broker."""
+    ids = list(rows.values_list("pk", flat=True))
+    updated = rows.filter(pk__in=ids).update(
+        status=DeliveryStatus.PENDING,
+        series_start=F("attempt_count"),
+        next_attempt_at=timezone.now(),
+        finished_at=None,
+        lease=None,
+        locked_until=None,
+    )
+    if updated:
+        _submit(ids)
+    return updated
+
+
+def _submit(ids: list[int]) -> None:
+    if ids:
+        transaction.on_commit(lambda: enqueue.submit(ids))

@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers over `attempts` and `recovery`. Only ids travel.
 
-* `deliver_batch(ids)`: first attempts of freshly published deliveries, sent concurrently.
-  A delivery that needs a retry continues as a `deliver` task.
+* `deliver_batch(ids)`: the first attempt of each delivery's series (fresh from publish, or
+  retried by hand), sent concurrently. A delivery that needs a retry continues as `deliver`.
 * `deliver(id, series_start)`: one attempt of one delivery, retried by Celery's autoretry
   with exponential backoff (WEBHOOK_RETRY_BACKOFF * 2**n, capped at _MAX, jitter per
   WEBHOOK_RETRY_JITTER) up to WEBHOOK_MAX_RETRIES. The message's `retries` counter says which
@@ -25,7 +25,7 @@ class RetryableFailure(Exception):
 
 @shared_task(ignore_result=True)
 def deliver_batch(delivery_ids: list[int]) -> None:
-    for outcome in attempts.attempt(delivery_ids, expected_attempt_count=0):
+    for outcome in attempts.attempt(delivery_ids):
         if outcome.status == DeliveryStatus.PENDING and not outcome.held:
             # Continue as a `deliver` task whose retry counter says this was attempt 1, so
             # its own autoretry backoff carries on from the right step.

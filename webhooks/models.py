@@ -1,11 +1,14 @@
 """Endpoint: where an organization wants its events POSTed, and which ones."""
 
+import datetime
 import fnmatch
 import secrets
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
-from . import signing
+from . import crypto, signing
 
 # Headers the service sets on every POST; an endpoint's custom headers may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -29,6 +32,10 @@ RESERVED_HEADERS = frozenset(
 
 def new_endpoint_id() -> str:
     return "ep_" + secrets.token_hex(12)
+
+
+def new_encrypted_secret() -> str:
+    return crypto.encrypt(signing.generate_secret())
 
 
 class EndpointQuerySet(models.QuerySet):
@@ -62,7 +69,14 @@ class Endpoint(models.Model):
         help_text='Event types to send, "agent.step.*" style wildcards allowed; empty for all.',
     )
     is_active = models.BooleanField(default=True)
-    secret = models.CharField(max_length=100, default=signing.generate_secret, editable=False)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.CharField(max_length=500, blank=True, default="")
+    # Start of the current run of failed attempts (None after a success): auto-disable clock.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    # Secrets are stored encrypted (webhooks/crypto.py); use `.secret` to read or set one.
+    secret_encrypted = models.TextField(default=new_encrypted_secret, editable=False)
+    previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     headers = models.JSONField(default=dict, blank=True, help_text="Extra HTTP headers sent with every POST.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -74,6 +88,35 @@ class Endpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url
+
+    @property
+    def secret(self) -> str:
+        return crypto.decrypt(self.secret_encrypted)
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        signing.secret_key(value)  # refuse anything that is not whsec_ + base64
+        self.secret_encrypted = crypto.encrypt(value)
+
+    def signing_keys(self, now: datetime.datetime | None = None) -> list[bytes]:
+        """HMAC keys to sign with: the current secret's, then a rotated-out one's during its grace."""
+        keys = [signing.secret_key(self.secret)]
+        if self.previous_secret_encrypted and self.previous_secret_expires_at > (now or timezone.now()):
+            keys.append(signing.secret_key(crypto.decrypt(self.previous_secret_encrypted)))
+        return keys
+
+    def rotate_secret(self, grace: datetime.timedelta | None = None) -> str:
+        """Give the endpoint a new secret, keep the old one signing for `grace`; return the new one."""
+        if grace is None:
+            grace = datetime.timedelta(hours=settings.WEBHOOK_SECRET_ROTATION_GRACE_HOURS)
+        new = signing.generate_secret()
+        self.previous_secret_encrypted = self.secret_encrypted
+        self.previous_secret_expires_at = timezone.now() + grace
+        self.secret = new
+        self.save(
+            update_fields=["secret_encrypted", "previous_secret_encrypted", "previous_secret_expires_at", "updated_at"]
+        )
+        return new
 
     def custom_headers(self) -> dict[str, str]:
         """The endpoint's extra headers, less any that would replace one of ours (matched

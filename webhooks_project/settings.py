@@ -159,6 +159,21 @@ WEBHOOK_SWEEP_GRACE = env_positive("WEBHOOK_SWEEP_GRACE", "float", 60.0)
 # Attempt rows older than this many days are purged daily; 0 keeps them forever.
 WEBHOOK_ATTEMPT_RETENTION_DAYS = env_positive("WEBHOOK_ATTEMPT_RETENTION_DAYS", "int", 30)
 
+# Fernet keys (comma-separated, newest first) encrypting endpoint secrets at rest; see
+# webhooks/crypto.py. Empty: a key derived from DJANGO_SECRET_KEY (development only).
+WEBHOOK_ENCRYPTION_KEYS = env("WEBHOOK_ENCRYPTION_KEYS", "list", [])
+try:
+    from cryptography.fernet import Fernet as _Fernet
+
+    for _key in WEBHOOK_ENCRYPTION_KEYS:
+        _Fernet(_key)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOK_ENCRYPTION_KEYS: not a list of Fernet keys ({exc})") from exc
+if not DEBUG and not WEBHOOK_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("WEBHOOK_ENCRYPTION_KEYS: required when DJANGO_DEBUG is false")
+# A rotated-out endpoint secret keeps signing (as a second signature) this many hours.
+WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env_positive("WEBHOOK_SECRET_ROTATION_GRACE_HOURS", "float", 24.0)
+
 # Seed 000 compatibility: every step reaching success/failed/cancelled POSTs {"step_id": ...}
 # here, with `Authorization: Bearer STEP_COMPLETE_KEY` when that is set.
 STEP_COMPLETE_WEBHOOK = env("STEP_COMPLETE_WEBHOOK", "str", "")
