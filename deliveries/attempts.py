@@ -2,8 +2,8 @@
 
 The Celery tasks are thin wrappers over `attempt`; this module holds the rules:
 2xx succeeds; no answer, 408, 425, 429 and 5xx are retried; any other status fails at once
-(410 Gone also deactivates the endpoint); a retried delivery that has used up
-WEBHOOK_MAX_RETRIES is marked dead.
+(410 Gone also deactivates the endpoint), as does a URL that urlsafety refuses at send time;
+a retried delivery that has used up WEBHOOK_MAX_RETRIES is marked dead.
 
 A batch costs a fixed number of queries whatever its size: one UPDATE to claim, one SELECT,
 one INSERT of the attempt rows and one UPDATE of the deliveries.
@@ -219,7 +219,7 @@ def _judge(delivery: Delivery, response: transport.Response, now) -> Outcome:
     outcome = Outcome(delivery.pk, DeliveryStatus.PENDING, series_start=delivery.series_start, attempts_in_series=made)
     if code is not None and 200 <= code < 300:
         outcome.status = DeliveryStatus.SUCCEEDED
-    elif code is not None and code not in RETRYABLE_STATUSES and code < 500:
+    elif response.refused or (code is not None and code not in RETRYABLE_STATUSES and code < 500):
         outcome.status = DeliveryStatus.FAILED
     elif made > settings.WEBHOOK_MAX_RETRIES:
         outcome.status = DeliveryStatus.DEAD

@@ -79,10 +79,14 @@ def verify(secret: str, body: bytes, headers: dict[str, str], *, now: float | No
     try:
         msg_id, timestamp = lower["webhook-id"], int(lower["webhook-timestamp"])
         received = lower["webhook-signature"].split()
-    except (KeyError, ValueError) as exc:
+        # A timestamp too large for a float, or an id that is not text, is just a bad request.
+        skew = abs((now if now is not None else time.time()) - timestamp)
+        expected = standard_signature(secret_key(secret), msg_id, timestamp, body)
+    except (KeyError, ValueError, OverflowError, UnicodeError) as exc:
+        if isinstance(exc, SignatureError):
+            raise
         raise SignatureError("missing or malformed webhook-id / webhook-timestamp / webhook-signature") from exc
-    if abs((now if now is not None else time.time()) - timestamp) > TOLERANCE:
+    if skew > TOLERANCE:
         raise SignatureError("timestamp outside tolerance")
-    expected = standard_signature(secret_key(secret), msg_id, timestamp, body)
     if not any(hmac.compare_digest(expected, sig) for sig in received):
         raise SignatureError("no signature matches")

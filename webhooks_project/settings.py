@@ -52,6 +52,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
     "agents_hooks",
     "webhooks",
     "deliveries",
@@ -113,9 +115,31 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "agents_hooks.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["agents_hooks.auth.HasOrganization"],
+    "DEFAULT_PARSER_CLASSES": ["webhooks_project.api.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "webhooks_project.api.Pagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "agent-webhooks API",
+    "DESCRIPTION": "Manage webhook endpoints, drive the agent lifecycle, inspect and replay deliveries.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RunStatusEnum": "agents_hooks.models.RunStatus",
+        "StepStatusEnum": "agents_hooks.models.StepStatus",
+        "ToolExecutionStatusEnum": "agents_hooks.models.ToolExecutionStatus",
+        "DeliveryStatusEnum": "deliveries.models.DeliveryStatus",
+    },
+}
+# Largest request body the API accepts (413 above it).
+API_MAX_BODY_BYTES = env_positive("API_MAX_BODY_BYTES", "int", 1024 * 1024, minimum=1024)
 
 LOG_LEVEL = env("LOG_LEVEL", "str", "INFO").upper()
 LOGGING = {
@@ -173,6 +197,22 @@ if not DEBUG and not WEBHOOK_ENCRYPTION_KEYS:
     raise ImproperlyConfigured("WEBHOOK_ENCRYPTION_KEYS: required when DJANGO_DEBUG is false")
 # A rotated-out endpoint secret keeps signing (as a second signature) this many hours.
 WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env_positive("WEBHOOK_SECRET_ROTATION_GRACE_HOURS", "float", 24.0)
+
+# SSRF guard (webhooks/urlsafety.py): endpoint URLs whose host resolves to a loopback,
+# private, link-local, carrier-grade NAT, multicast, reserved... address are refused, when
+# created and again before every POST. WEBHOOK_ALLOWED_CIDRS: comma-separated networks allowed
+# all the same, for development and tests (receivers on "127.0.0.0/8,::1/128"); leave it empty
+# in production. A bare address is a one-address network; host bits set (10.0.0.1/8) is an error.
+WEBHOOK_ALLOWED_CIDRS = [c.strip() for c in env("WEBHOOK_ALLOWED_CIDRS", "list", []) if c.strip()]
+try:
+    import ipaddress as _ipaddress
+
+    for _cidr in WEBHOOK_ALLOWED_CIDRS:
+        _ipaddress.ip_network(_cidr)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_CIDRS: not a list of CIDRs ({exc})") from exc
+# Refuse plain http:// endpoint URLs: https only.
+WEBHOOK_HTTPS_ONLY = env("WEBHOOK_HTTPS_ONLY", "bool", False)
 
 # Seed 000 compatibility: every step reaching success/failed/cancelled POSTs {"step_id": ...}
 # here, with `Authorization: Bearer STEP_COMPLETE_KEY` when that is set.

@@ -1,6 +1,12 @@
 from django.contrib import admin
 from django.http import JsonResponse
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from agents_hooks import api as agents_api
+from deliveries import api as deliveries_api
+from webhooks import api as webhooks_api
 
 
 def health(request):
@@ -8,7 +14,23 @@ def health(request):
     return JsonResponse({"status": "ok"})
 
 
+router = DefaultRouter()
+router.register("agents", agents_api.AgentViewSet)
+router.register("tools", agents_api.ToolViewSet)
+router.register("runs", agents_api.RunViewSet)
+router.register("jobs", agents_api.JobViewSet)
+router.register("steps", agents_api.StepViewSet)
+router.register("messages", agents_api.MessageViewSet)
+router.register("tool-executions", agents_api.ToolExecutionViewSet)
+router.register("webhooks", webhooks_api.EndpointViewSet)
+router.register("events", deliveries_api.EventViewSet)
+router.register("deliveries", deliveries_api.DeliveryViewSet)
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health),
+    path("api/v1/event-types/", webhooks_api.EventTypesView.as_view(), name="event-types"),
+    path("api/v1/", include(router.urls)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

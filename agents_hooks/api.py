@@ -1,0 +1,96 @@
+"""REST API for the agent platform: changes made here fire the same events as model saves
+(the views only save models; the signals do the rest)."""
+
+from django.db import IntegrityError, transaction
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from . import serializers as s
+from .auth import OrganizationScoped
+from .models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecution
+
+
+class _Scoped(OrganizationScoped, viewsets.GenericViewSet):
+    pass
+
+
+class _CreateReadUpdate(
+    mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin, mixins.ListModelMixin, _Scoped
+):
+    """No DELETE: runs, steps and executions are history."""
+
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+
+class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
+    queryset = Agent.objects.prefetch_related("tools").order_by("created_at")
+    serializer_class = s.AgentSerializer
+
+    def perform_create(self, serializer):
+        serializer.save(organization=self.organization)
+
+    @extend_schema(request=s.AttachToolSerializer, responses={201: s.AgentSerializer})
+    @action(detail=True, methods=["post"], url_path="tools")
+    def attach_tool(self, request, pk=None):
+        """Attach a tool (`agent.tool.attached`); attaching one already attached is a 400."""
+        agent = self.get_object()
+        body = s.AttachToolSerializer(data=request.data, context=self.get_serializer_context())
+        body.is_valid(raise_exception=True)
+        try:
+            with transaction.atomic():
+                AgentTool.objects.create(agent=agent, tool=body.validated_data["tool"])
+        except IntegrityError:
+            return Response({"tool": ["already attached to this agent"]}, status=status.HTTP_400_BAD_REQUEST)
+        agent = self.get_queryset().get(pk=agent.pk)
+        return Response(self.get_serializer(agent).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["delete"], url_path=r"tools/(?P<tool_id>[^/]+)")
+    def detach_tool(self, request, pk=None, tool_id=None):
+        """Detach a tool (`agent.tool.detached`); a tool that is not attached is a 404."""
+        attachment = get_object_or_404(AgentTool, agent=self.get_object(), tool_id=tool_id)
+        attachment.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ToolViewSet(OrganizationScoped, viewsets.ModelViewSet):
+    queryset = Tool.objects.order_by("created_at")
+    serializer_class = s.ToolSerializer
+
+    def perform_create(self, serializer):
+        serializer.save(organization=self.organization)
+
+
+class RunViewSet(_CreateReadUpdate):
+    queryset = Run.objects.order_by("created_at")
+    serializer_class = s.RunSerializer
+    organization_field = "agent__organization"
+
+
+class JobViewSet(_CreateReadUpdate):
+    queryset = Job.objects.order_by("created_at")
+    serializer_class = s.JobSerializer
+
+    def perform_create(self, serializer):
+        serializer.save(organization=self.organization)
+
+
+class StepViewSet(_CreateReadUpdate):
+    queryset = Step.objects.order_by("created_at")
+    serializer_class = s.StepSerializer
+    organization_field = "agent__organization"
+
+
+class MessageViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.ListModelMixin, _Scoped):
+    queryset = Message.objects.order_by("created_at")
+    serializer_class = s.MessageSerializer
+    organization_field = "agent__organization"
+
+
+class ToolExecutionViewSet(_CreateReadUpdate):
+    queryset = ToolExecution.objects.order_by("created_at")
+    serializer_class = s.ToolExecutionSerializer
+    organization_field = "agent__organization"

@@ -1,0 +1,147 @@
+"""API representations of the platform models; validation lives here (400s name the field)."""
+
+from rest_framework import serializers
+
+from webhooks import urlsafety
+
+from .models import Agent, Job, Message, Run, RunStatus, Step, StepStatus, Tool, ToolExecution, ToolExecutionStatus
+
+
+class OrganizationObject(serializers.PrimaryKeyRelatedField):
+    """A reference to an object of the caller's organization; any other id "does not exist"."""
+
+    def __init__(self, model, organization_path: str = "organization", **kwargs):
+        self.model = model
+        self.organization_path = organization_path
+        super().__init__(**kwargs)
+
+    def get_queryset(self):
+        organization = self.context.get("organization")
+        if organization is None:
+            return self.model.objects.none()
+        return self.model.objects.filter(**{self.organization_path: organization})
+
+
+def check_transition(instance, new: str, order: tuple[str, ...]) -> str:
+    """Statuses only move forward along `order`; the last entries of a model's TERMINAL are final."""
+    if instance is None or new == instance.status:
+        return new
+    old = instance.status
+    if old in instance.TERMINAL:
+        raise serializers.ValidationError(f"cannot change status from {old} to {new}: {old} is final")
+    if order.index(new) < order.index(old):
+        raise serializers.ValidationError(f"cannot change status from {old} back to {new}")
+    return new
+
+
+def check_url(value: str) -> str:
+    try:
+        urlsafety.check_url(value)
+    except urlsafety.UnsafeURL as exc:
+        raise serializers.ValidationError(str(exc)) from exc
+    return value
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    tools = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = Agent
+        fields = ["id", "name", "tools", "created_at"]
+
+
+class ToolSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Tool
+        fields = ["id", "name", "description", "created_at"]
+
+
+class AttachToolSerializer(serializers.Serializer):
+    tool = OrganizationObject(Tool)
+
+
+class _CompletionSerializer(serializers.ModelSerializer):
+    ORDER = (RunStatus.CREATED, RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+    callback_url = serializers.URLField(max_length=2048, required=False, allow_blank=True)
+
+    def validate_status(self, value):
+        return check_transition(self.instance, value, self.ORDER)
+
+    def validate_callback_url(self, value):
+        return check_url(value) if value else value
+
+
+COMPLETION_FIELDS = [
+    "id", "agent", "status", "completed_at", "metadata", "callback_url",
+    "callback_sent_at", "callback_status_code", "callback_error", "created_at",
+]  # fmt: skip
+COMPLETION_READ_ONLY = ["completed_at", "callback_sent_at", "callback_status_code", "callback_error"]
+
+
+class RunSerializer(_CompletionSerializer):
+    agent = OrganizationObject(Agent)
+
+    class Meta:
+        model = Run
+        fields = COMPLETION_FIELDS
+        read_only_fields = COMPLETION_READ_ONLY
+
+
+class JobSerializer(_CompletionSerializer):
+    agent = OrganizationObject(Agent, required=False, allow_null=True)
+
+    class Meta:
+        model = Job
+        fields = COMPLETION_FIELDS
+        read_only_fields = COMPLETION_READ_ONLY
+
+
+class StepSerializer(serializers.ModelSerializer):
+    agent = OrganizationObject(Agent)
+    run = OrganizationObject(Run, "agent__organization", required=False, allow_null=True)
+    prompt_tokens = serializers.IntegerField(min_value=0, required=False)
+    completion_tokens = serializers.IntegerField(min_value=0, required=False)
+    total_tokens = serializers.IntegerField(min_value=0, required=False)
+
+    class Meta:
+        model = Step
+        fields = [
+            "id", "agent", "run", "status", "prompt_tokens", "completion_tokens", "total_tokens",
+            "error", "created_at", "completed_at",
+        ]  # fmt: skip
+        read_only_fields = ["completed_at"]
+
+    def validate_status(self, value):
+        return check_transition(self.instance, value, (StepStatus.PENDING, *Step.TERMINAL))
+
+    def validate(self, attrs):
+        agent = attrs.get("agent") or getattr(self.instance, "agent", None)
+        run = attrs.get("run")
+        if run is not None and agent is not None and run.agent_id != agent.pk:
+            raise serializers.ValidationError({"run": "the run belongs to another agent"})
+        if self.instance is not None and "agent" in attrs and attrs["agent"].pk != self.instance.agent_id:
+            raise serializers.ValidationError({"agent": "a step cannot move to another agent"})
+        return attrs
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    agent = OrganizationObject(Agent)
+    step = OrganizationObject(Step, "agent__organization", required=False, allow_null=True)
+
+    class Meta:
+        model = Message
+        fields = ["id", "agent", "step", "role", "content", "created_at"]
+
+
+class ToolExecutionSerializer(serializers.ModelSerializer):
+    agent = OrganizationObject(Agent)
+    tool = OrganizationObject(Tool)
+    step = OrganizationObject(Step, "agent__organization", required=False, allow_null=True)
+    duration_ms = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+
+    class Meta:
+        model = ToolExecution
+        fields = ["id", "agent", "tool", "step", "status", "duration_ms", "created_at"]
+
+    def validate_status(self, value):
+        return check_transition(self.instance, value, (ToolExecutionStatus.RUNNING, *ToolExecution.TERMINAL))

@@ -1,0 +1,72 @@
+"""REST API for the delivery log: events, deliveries with their attempts, manual retry."""
+
+import django_filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import filters, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from agents_hooks.auth import OrganizationScoped
+
+from . import recovery
+from . import serializers as s
+from .models import Delivery, DeliveryKind, DeliveryStatus, Event
+
+
+class EventFilter(django_filters.FilterSet):
+    event_type = django_filters.CharFilter(field_name="type")
+    agent = django_filters.CharFilter(field_name="agent_id")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Event
+        fields = ["event_type", "agent", "created_after", "created_before"]
+
+
+class DeliveryFilter(django_filters.FilterSet):
+    webhook = django_filters.CharFilter(field_name="endpoint_id")
+    status = django_filters.ChoiceFilter(choices=DeliveryStatus.choices)
+    kind = django_filters.ChoiceFilter(choices=DeliveryKind.choices)
+    event = django_filters.CharFilter(field_name="event_id")
+    event_type = django_filters.CharFilter(field_name="event__type")
+    agent = django_filters.CharFilter(field_name="event__agent_id")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Delivery
+        fields = ["webhook", "status", "kind", "event", "event_type", "agent", "created_after", "created_before"]
+
+
+class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
+    queryset = Event.objects.order_by("-created_at")
+    serializer_class = s.EventSerializer
+    filterset_class = EventFilter
+    filter_backends = [django_filters.rest_framework.DjangoFilterBackend, filters.OrderingFilter]
+    ordering_fields = ["created_at"]
+
+
+class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
+    queryset = Delivery.objects.select_related("event", "endpoint").order_by("-created_at", "-pk")
+    serializer_class = s.DeliverySerializer
+    organization_field = "event__organization"
+    filterset_class = DeliveryFilter
+    filter_backends = [django_filters.rest_framework.DjangoFilterBackend, filters.OrderingFilter]
+    ordering_fields = ["created_at", "last_attempt_at", "attempt_count"]
+
+    def get_serializer_class(self):
+        return s.DeliveryDetailSerializer if self.action in ("retrieve", "retry") else s.DeliverySerializer
+
+    @extend_schema(request=s.RetrySerializer, responses={202: s.DeliveryDetailSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Start a fresh series of attempts now; a succeeded delivery needs `{"force": true}`."""
+        delivery = self.get_object()
+        body = s.RetrySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            delivery = recovery.retry_delivery(delivery, force=body.validated_data["force"])
+        except recovery.NotRetryable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(s.DeliveryDetailSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,153 @@
+"""Receivers that misbehave: trickle bytes, reset the connection, answer with 10 MB. The
+worker gives up on time, logs why, keeps memory bounded, and is free for the next delivery."""
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from agents_hooks.models import Step
+from deliveries.models import Attempt, Delivery
+from tests.support import wait_until
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that answers every connection with `behaviour(conn)`."""
+
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.closed = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        try:
+            conn.settimeout(30)
+            conn.recv(65536)  # the request (small enough for one read here)
+            self.behaviour(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def trickle(conn):
+    """Headers one byte at a time, each well inside the read timeout: only a deadline stops it."""
+    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.25)
+
+
+def reset(conn):
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def huge_body(conn):
+    size = 10 * 1024 * 1024
+    conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+    chunk = b"x" * 65536
+    for _ in range(size // len(chunk)):
+        conn.sendall(chunk)
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def make(behaviour):
+        server = RawServer(behaviour)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def complete_a_step(agent):
+    step = Step.objects.create(agent=agent)
+    step.status = "success"
+    step.save()
+
+
+def worker_rss_kb(worker) -> int:
+    """Resident memory of the worker process and its children, in KiB."""
+    total = 0
+    for status in Path("/proc").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        pid = int(fields["Pid"])
+        if pid == worker.proc.pid or int(fields.get("PPid", 0)) == worker.proc.pid:
+            total += int(fields.get("VmRSS", "0 kB").split()[0])
+    return total
+
+
+def test_trickling_receiver_is_cut_off_at_the_deadline(live, agent, make_endpoint, raw_server):
+    slow = raw_server(trickle)
+    make_endpoint(url=slow.url())
+    complete_a_step(agent)
+    delivery = wait_until(lambda: Attempt.objects.first(), timeout=30, message="first attempt logged").delivery
+    first = delivery.attempts.order_by("number").first()
+    assert first.status_code is None
+    assert "timeout" in first.error.lower()
+    # Deadline WEBHOOK_TIMEOUT (2 s in tests), not 10,000 bytes * 0.25 s.
+    assert first.duration_ms < (settings.WEBHOOK_TIMEOUT + 1.5) * 1000, first.duration_ms
+
+
+def test_reset_connection_is_logged_and_retried(live, agent, make_endpoint, raw_server):
+    server = raw_server(reset)
+    make_endpoint(url=server.url())
+    complete_a_step(agent)
+    delivery = wait_until(lambda: Delivery.objects.filter(status="dead").first(), timeout=30, message="dead")
+    attempts = list(delivery.attempts.order_by("number"))
+    assert len(attempts) == settings.WEBHOOK_MAX_RETRIES + 1
+    assert all(a.status_code is None and a.error for a in attempts)
+
+
+def test_huge_response_is_truncated_and_memory_stays_bounded(live, worker, agent, make_endpoint, raw_server):
+    big = raw_server(huge_body)
+    make_endpoint(url=big.url())
+    before = worker_rss_kb(worker)
+    for _ in range(5):
+        complete_a_step(agent)
+    wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 5, timeout=30, message="5 successes")
+    for attempt in Attempt.objects.all():
+        assert attempt.status_code == 200
+        assert len(attempt.response_body) == settings.WEBHOOK_RESPONSE_BODY_LIMIT
+    grown_mb = (worker_rss_kb(worker) - before) / 1024
+    assert grown_mb < 40, f"worker grew {grown_mb:.0f} MB answering five 10 MB bodies"
+
+
+def test_a_stuck_receiver_does_not_hold_up_the_next_delivery(live, agent, make_endpoint, raw_server):
+    slow = raw_server(trickle)
+    make_endpoint("/fast")
+    make_endpoint(url=slow.url())
+    complete_a_step(agent)
+    # Both deliveries go out together; the fast one is not held up by the slow one.
+    live.wait_for(1, path="/fast", timeout=settings.WEBHOOK_TIMEOUT - 0.5)

@@ -1,0 +1,58 @@
+"""The event types an endpoint can subscribe to, with a description and an example `data`.
+
+Endpoint filters are checked against this list (a typo would otherwise subscribe to nothing,
+silently); `GET /api/v1/event-types/` serves it.
+"""
+
+import fnmatch
+
+_STEP = {
+    "step_id": "step-6f1c2a8e-0b7d-4c59-9a51-2f4e7d0c9b13",
+    "run_id": "run-0d9a4c1e-5b2f-4e8a-8c7d-1a2b3c4d5e6f",
+    "usage": {"prompt_tokens": 812, "completion_tokens": 96, "total_tokens": 908},
+    "error": None,
+    "completed_at": "2026-11-28T12:00:00.000000Z",
+}
+
+EVENT_TYPES: dict[str, tuple[str, dict]] = {
+    "agent.step.completed": ("An agent step finished successfully.", {**_STEP, "status": "success"}),
+    "agent.step.failed": (
+        "An agent step ended with an error.",
+        {**_STEP, "status": "failed", "error": "tool call timed out"},
+    ),
+    "agent.step.cancelled": ("An agent step was cancelled.", {**_STEP, "status": "cancelled"}),
+    "agent.message.sent": (
+        "A message was sent to or by an agent.",
+        {"message_id": "message-3e1f…", "role": "user", "content": "Summarise the ticket", "step_id": None},
+    ),
+    "agent.tool.attached": ("A tool was attached to an agent.", {"tool_id": "tool-9a2b…", "tool_name": "web_search"}),
+    "agent.tool.detached": ("A tool was detached from an agent.", {"tool_id": "tool-9a2b…", "tool_name": "web_search"}),
+    "agent.run.completed": (
+        "A run ended; `status` is completed, failed or cancelled.",
+        {"run_id": "run-0d9a…", "status": "completed", "completed_at": "2026-11-28T12:00:00Z", "metadata": {}},
+    ),
+    "agent.job.completed": (
+        "A job ended; `status` is completed, failed or cancelled.",
+        {"job_id": "job-7c3d…", "status": "failed", "completed_at": "2026-11-28T12:00:00Z", "metadata": {}},
+    ),
+    "tool.execution.completed": (
+        "A tool execution finished; `status` is success or error.",
+        {
+            "tool_execution_id": "toolexec-51aa…",
+            "tool_id": "tool-9a2b…",
+            "tool_name": "web_search",
+            "step_id": "step-6f1c…",
+            "status": "success",
+            "duration_ms": 420,
+        },
+    ),
+    "webhook.test": (
+        "Sent on request to one endpoint, to check it is reachable.",
+        {"endpoint_id": "ep_…", "message": "Test event from agent-webhooks: your endpoint is reachable."},
+    ),
+}
+
+
+def unknown_patterns(patterns: list[str]) -> list[str]:
+    """The patterns that match no known event type (`agent.step.*` style wildcards allowed)."""
+    return [p for p in patterns if not any(fnmatch.fnmatchcase(t, p) for t in EVENT_TYPES)]

@@ -1,0 +1,93 @@
+"""API representation of endpoints ("webhooks" in the API) and their validation."""
+
+import re
+
+from django.utils import timezone
+from rest_framework import serializers
+
+from agents_hooks.models import Agent
+from agents_hooks.serializers import OrganizationObject, check_url
+
+from . import catalog
+from .models import RESERVED_HEADERS, Endpoint
+
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
+MAX_HEADERS = 20
+
+
+class EndpointSerializer(serializers.ModelSerializer):
+    url = serializers.URLField(max_length=2048)
+    agent = OrganizationObject(Agent, required=False, allow_null=True)
+    event_types = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=50)
+    headers = serializers.DictField(child=serializers.CharField(max_length=1000, allow_blank=True), required=False)
+
+    class Meta:
+        model = Endpoint
+        fields = [
+            "id", "url", "agent", "description", "event_types", "is_active", "headers",
+            "disabled_at", "disabled_reason", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["disabled_at", "disabled_reason"]
+
+    def validate_url(self, value):
+        return check_url(value)
+
+    def validate_event_types(self, value):
+        unknown = catalog.unknown_patterns(value)
+        if unknown:
+            raise serializers.ValidationError(
+                f"unknown event type(s): {', '.join(unknown)}; see /api/v1/event-types/ for the list"
+            )
+        return value
+
+    def validate_headers(self, value):
+        if len(value) > MAX_HEADERS:
+            raise serializers.ValidationError(f"at most {MAX_HEADERS} custom headers")
+        for name, header_value in value.items():
+            if not HEADER_NAME.match(name):
+                raise serializers.ValidationError(f"{name!r} is not a valid header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise serializers.ValidationError(f"{name!r} is set by the service and cannot be overridden")
+            if any(c in header_value for c in "\r\n\0"):
+                raise serializers.ValidationError(f"the value of {name!r} contains a line break or NUL")
+        return value
+
+    def update(self, instance, validated_data):
+        was_active = instance.is_active
+        if validated_data.get("is_active") is False and was_active:
+            validated_data.update(disabled_at=timezone.now(), disabled_reason="disabled through the API")
+        endpoint = super().update(instance, validated_data)
+        if endpoint.is_active and not was_active:
+            from deliveries.recovery import resume_endpoint
+
+            resume_endpoint(endpoint)
+            endpoint.refresh_from_db()
+        return endpoint
+
+
+class EndpointWithSecretSerializer(EndpointSerializer):
+    """What create answers: the only time, with rotation, that the secret is shown."""
+
+    secret = serializers.CharField(read_only=True)
+
+    class Meta(EndpointSerializer.Meta):
+        fields = [*EndpointSerializer.Meta.fields, "secret"]
+
+
+class RotatedSecretSerializer(serializers.Serializer):
+    secret = serializers.CharField(read_only=True)
+    previous_secret_expires_at = serializers.DateTimeField(read_only=True)
+
+
+class RecoverSerializer(serializers.Serializer):
+    since = serializers.DateTimeField()
+
+
+class RecoveredSerializer(serializers.Serializer):
+    recovered = serializers.IntegerField()
+
+
+class EventTypeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    example = serializers.DictField()
