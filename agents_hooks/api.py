@@ -2,11 +2,14 @@
 (the views only save models; the signals do the rest)."""
 
 from django.db import IntegrityError, transaction
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+
+from webhooks_project.schema import AutoSchema
 
 from . import serializers as s
 from .auth import OrganizationScoped
@@ -14,7 +17,7 @@ from .models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecuti
 
 
 class _Scoped(OrganizationScoped, viewsets.GenericViewSet):
-    pass
+    schema = AutoSchema()
 
 
 class _CreateReadUpdate(
@@ -26,11 +29,22 @@ class _CreateReadUpdate(
 
 
 class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
+    schema = AutoSchema()
     queryset = Agent.objects.prefetch_related("tools").order_by("created_at")
     serializer_class = s.AgentSerializer
 
     def perform_create(self, serializer):
         serializer.save(organization=self.organization)
+
+    def perform_destroy(self, instance):
+        # Detach the tools first: each detachment publishes `agent.tool.detached` naming the
+        # agent. Published from inside the agent's cascade, that event would point at a deleted
+        # agent (a foreign key violation at commit: a 500); published before, it is kept with its
+        # agent nulled, like the agent's other events.
+        with transaction.atomic():
+            for attachment in AgentTool.objects.filter(agent=instance):
+                attachment.delete()
+            instance.delete()
 
     @extend_schema(request=s.AttachToolSerializer, responses={201: s.AgentSerializer})
     @action(detail=True, methods=["post"], url_path="tools")
@@ -51,12 +65,16 @@ class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
     @action(detail=True, methods=["delete"], url_path=r"tools/(?P<tool_id>[^/]+)")
     def detach_tool(self, request, pk=None, tool_id=None):
         """Detach a tool (`agent.tool.detached`); a tool that is not attached is a 404."""
-        attachment = get_object_or_404(AgentTool, agent=self.get_object(), tool_id=tool_id)
+        agent = self.get_object()
+        if "\x00" in tool_id:  # PostgreSQL text cannot hold NUL: no tool has this id
+            raise Http404
+        attachment = get_object_or_404(AgentTool, agent=agent, tool_id=tool_id)
         attachment.delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ToolViewSet(OrganizationScoped, viewsets.ModelViewSet):
+    schema = AutoSchema()
     queryset = Tool.objects.order_by("created_at")
     serializer_class = s.ToolSerializer
 

@@ -6,4 +6,4 @@ class AgentsHooksConfig(AppConfig):
     verbose_name = "Agent platform"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (connects the receivers)
+        from . import schema, signals  # noqa: F401  (connect the receivers, describe the API key)

@@ -27,10 +27,6 @@ RUN_CALLBACK_STATUSES = ("completed", "failed", "cancelled")
 JOB_CALLBACK_STATUSES = ("completed", "failed")
 
 
-def entered_terminal_state(instance) -> bool:
-    return instance.status in instance.TERMINAL and instance.previous_status != instance.status
-
-
 def step_finished(step: Step) -> None:
     targets = ()
     if settings.STEP_COMPLETE_WEBHOOK:

@@ -27,18 +27,25 @@ def _id_field(prefix: str) -> models.CharField:
 
 
 class PublishesEvents(models.Model):
-    """Saves and deletes in a transaction, so the event a signal receiver records commits or
-    rolls back together with the change that caused it (outbox), even in autocommit mode."""
+    """A save that publishes an event runs in a transaction, so the event a signal receiver
+    records commits or rolls back together with the change that caused it (outbox), even in
+    autocommit mode. Saves that publish nothing stay a bare save. Deletes always publish."""
 
     class Meta:
         abstract = True
 
+    def publishes_on_save(self) -> bool:
+        return self._state.adding  # created: message sent, tool attached
+
     def save(self, *args, **kwargs):
-        with transaction.atomic(using=kwargs.get("using")):
+        if self.publishes_on_save():
+            with transaction.atomic(using=kwargs.get("using"), savepoint=False):
+                super().save(*args, **kwargs)
+        else:
             super().save(*args, **kwargs)
 
     def delete(self, *args, **kwargs):
-        with transaction.atomic(using=kwargs.get("using")):
+        with transaction.atomic(using=kwargs.get("using"), savepoint=False):
             return super().delete(*args, **kwargs)
 
 
@@ -58,6 +65,12 @@ class TracksStatus(PublishesEvents):
     @property
     def previous_status(self) -> str | None:
         return getattr(self, "_loaded_status", None)
+
+    def entered_terminal_state(self) -> bool:
+        return self.status in self.TERMINAL and self.previous_status != self.status
+
+    def publishes_on_save(self) -> bool:
+        return self.entered_terminal_state()
 
     def save(self, *args, **kwargs):
         if self.status in self.TERMINAL and getattr(self, "completed_at", False) is None:

@@ -1,5 +1,7 @@
 """API representations of the platform models; validation lives here (400s name the field)."""
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webhooks import urlsafety
@@ -7,6 +9,7 @@ from webhooks import urlsafety
 from .models import Agent, Job, Message, Run, RunStatus, Step, StepStatus, Tool, ToolExecution, ToolExecutionStatus
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class OrganizationObject(serializers.PrimaryKeyRelatedField):
     """A reference to an object of the caller's organization; any other id "does not exist"."""
 
@@ -21,6 +24,11 @@ class OrganizationObject(serializers.PrimaryKeyRelatedField):
             return self.model.objects.none()
         return self.model.objects.filter(**{self.organization_path: organization})
 
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:  # PostgreSQL text cannot hold NUL: no such object
+            self.fail("does_not_exist", pk_value=data.replace("\x00", "\\x00"))
+        return super().to_internal_value(data)
+
 
 def check_transition(instance, new: str, order: tuple[str, ...]) -> str:
     """Statuses only move forward along `order`; the last entries of a model's TERMINAL are final."""
@@ -32,6 +40,28 @@ def check_transition(instance, new: str, order: tuple[str, ...]) -> str:
     if order.index(new) < order.index(old):
         raise serializers.ValidationError(f"cannot change status from {old} back to {new}")
     return new
+
+
+INT_MAX = 2**31 - 1  # the models' IntegerFields are PostgreSQL integers
+
+
+def check_json_text(value, path: str = ""):
+    """Refuse what PostgreSQL's jsonb cannot store: NUL and lone surrogates, in keys or strings."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_json_text(key, path)
+            check_json_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_json_text(item, f"{path}[{i}]")
+    elif isinstance(value, str):
+        if "\x00" in value:
+            raise serializers.ValidationError(f"{path or 'a key'}: NUL characters are not allowed")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise serializers.ValidationError(f"{path or 'a key'}: lone surrogate characters are not allowed") from None
+    return value
 
 
 def check_url(value: str) -> str:
@@ -63,9 +93,13 @@ class AttachToolSerializer(serializers.Serializer):
 class _CompletionSerializer(serializers.ModelSerializer):
     ORDER = (RunStatus.CREATED, RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
     callback_url = serializers.URLField(max_length=2048, required=False, allow_blank=True)
+    metadata = serializers.DictField(required=False)
 
     def validate_status(self, value):
         return check_transition(self.instance, value, self.ORDER)
+
+    def validate_metadata(self, value):
+        return check_json_text(value)
 
     def validate_callback_url(self, value):
         return check_url(value) if value else value
@@ -99,9 +133,9 @@ class JobSerializer(_CompletionSerializer):
 class StepSerializer(serializers.ModelSerializer):
     agent = OrganizationObject(Agent)
     run = OrganizationObject(Run, "agent__organization", required=False, allow_null=True)
-    prompt_tokens = serializers.IntegerField(min_value=0, required=False)
-    completion_tokens = serializers.IntegerField(min_value=0, required=False)
-    total_tokens = serializers.IntegerField(min_value=0, required=False)
+    prompt_tokens = serializers.IntegerField(min_value=0, max_value=INT_MAX, required=False)
+    completion_tokens = serializers.IntegerField(min_value=0, max_value=INT_MAX, required=False)
+    total_tokens = serializers.IntegerField(min_value=0, max_value=INT_MAX, required=False)
 
     class Meta:
         model = Step
@@ -137,7 +171,7 @@ class ToolExecutionSerializer(serializers.ModelSerializer):
     agent = OrganizationObject(Agent)
     tool = OrganizationObject(Tool)
     step = OrganizationObject(Step, "agent__organization", required=False, allow_null=True)
-    duration_ms = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    duration_ms = serializers.IntegerField(min_value=0, max_value=INT_MAX, required=False, allow_null=True)
 
     class Meta:
         model = ToolExecution

@@ -12,25 +12,25 @@ from .models import Agent, AgentTool, Job, Message, Run, Step, ToolExecution
 
 @receiver(post_save, sender=Step)
 def step_saved(sender, instance: Step, raw=False, **kwargs):
-    if not raw and events.entered_terminal_state(instance):
+    if not raw and instance.entered_terminal_state():
         events.step_finished(instance)
 
 
 @receiver(post_save, sender=Run)
 def run_saved(sender, instance: Run, raw=False, **kwargs):
-    if not raw and events.entered_terminal_state(instance):
+    if not raw and instance.entered_terminal_state():
         events.run_finished(instance)
 
 
 @receiver(post_save, sender=Job)
 def job_saved(sender, instance: Job, raw=False, **kwargs):
-    if not raw and events.entered_terminal_state(instance):
+    if not raw and instance.entered_terminal_state():
         events.job_finished(instance)
 
 
 @receiver(post_save, sender=ToolExecution)
 def tool_execution_saved(sender, instance: ToolExecution, raw=False, **kwargs):
-    if not raw and events.entered_terminal_state(instance):
+    if not raw and instance.entered_terminal_state():
         events.tool_execution_finished(instance)
 
 

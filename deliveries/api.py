@@ -1,23 +1,46 @@
 """REST API for the delivery log: events, deliveries with their attempts, manual retry."""
 
+import datetime
+
 import django_filters
-from drf_spectacular.utils import extend_schema
+from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import filters, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents_hooks.auth import OrganizationScoped
+from webhooks_project.schema import ERROR_BODY, AutoSchema
 
 from . import recovery
 from . import serializers as s
 from .models import Delivery, DeliveryKind, DeliveryStatus, Event
 
 
+class UTCIsoDateTimeField(IsoDateTimeField):
+    """ISO 8601, in UTC: Python accepts offsets up to ±23:59, PostgreSQL only up to ±15:59 (a 500),
+    and a time that UTC cannot hold (year 1 minus an offset) is invalid."""
+
+    def to_python(self, value):
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(datetime.UTC)
+        except OverflowError:
+            raise ValidationError(self.error_messages["invalid"], code="invalid") from None
+
+
+class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCIsoDateTimeField
+
+
 class EventFilter(django_filters.FilterSet):
     event_type = django_filters.CharFilter(field_name="type")
     agent = django_filters.CharFilter(field_name="agent_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Event
@@ -31,8 +54,8 @@ class DeliveryFilter(django_filters.FilterSet):
     event = django_filters.CharFilter(field_name="event_id")
     event_type = django_filters.CharFilter(field_name="event__type")
     agent = django_filters.CharFilter(field_name="event__agent_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Delivery
@@ -40,6 +63,7 @@ class DeliveryFilter(django_filters.FilterSet):
 
 
 class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
+    schema = AutoSchema()
     queryset = Event.objects.order_by("-created_at")
     serializer_class = s.EventSerializer
     filterset_class = EventFilter
@@ -48,6 +72,7 @@ class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
 
 
 class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
+    schema = AutoSchema()
     queryset = Delivery.objects.select_related("event", "endpoint").order_by("-created_at", "-pk")
     serializer_class = s.DeliverySerializer
     organization_field = "event__organization"
@@ -58,7 +83,13 @@ class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self):
         return s.DeliveryDetailSerializer if self.action in ("retrieve", "retry") else s.DeliverySerializer
 
-    @extend_schema(request=s.RetrySerializer, responses={202: s.DeliveryDetailSerializer})
+    @extend_schema(
+        request=s.RetrySerializer,
+        responses={
+            202: s.DeliveryDetailSerializer,
+            409: OpenApiResponse(ERROR_BODY, description="Pending, or succeeded without `force`."),
+        },
+    )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
         """Start a fresh series of attempts now; a succeeded delivery needs `{"force": true}`."""

@@ -1,11 +1,11 @@
-"""Hands committed deliveries to the broker off the caller's thread.
+"""Hands committed work to the broker off the caller's thread.
 
 A model save must not wait on, or fail with, the broker (seed 000: webhooks never slow or
-break the agent). `submit` only puts ids on an in-process queue; one daemon thread per
-process forwards them, several events' deliveries to one message when they arrive
-together. If the broker is unreachable the ids are dropped here with a warning: the rows
-are committed and pending, and the sweeper re-enqueues them once the broker is back. The
-same holds if the process dies before the thread forwards them.
+break the agent). `submit_events` and `submit` only put ids on an in-process queue; one daemon
+thread per process forwards them, many events to one message when they arrive together. If
+the broker is unreachable the ids are dropped here with a warning: the rows are committed, and
+the sweeper enqueues them again once the broker is back. The same holds if the process dies
+before the thread forwards them.
 """
 
 import atexit
@@ -21,11 +21,17 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _queue: queue.SimpleQueue | None = None
 _owner_pid: int | None = None
+EVENTS, DELIVERIES = "events", "deliveries"
+
+
+def submit_events(event_ids: list[str]) -> None:
+    """Queue published events for fan-out and first attempts. Returns at once."""
+    _started().put((EVENTS, event_ids))
 
 
 def submit(delivery_ids: list[int]) -> None:
-    """Queue deliveries for their first attempt. Returns at once."""
-    _started().put(delivery_ids)
+    """Queue deliveries for the first attempt of their series. Returns at once."""
+    _started().put((DELIVERIES, delivery_ids))
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -49,30 +55,32 @@ def _started() -> queue.SimpleQueue:
 
 
 def _forward(q: queue.SimpleQueue) -> None:
-    from .tasks import deliver_batch
+    from .tasks import deliver_batch, deliver_events
 
     size = settings.WEBHOOK_BATCH_SIZE
+    tasks = {EVENTS: deliver_events, DELIVERIES: deliver_batch}
     while True:
         item = q.get()
-        ids: list[int] = []
+        pending: dict[str, list] = {EVENTS: [], DELIVERIES: []}
         markers: list[threading.Event] = []
-        while True:
+        while True:  # take whatever else is already waiting, up to a few messages' worth
             if isinstance(item, threading.Event):
                 markers.append(item)
             else:
-                ids.extend(item)
-            if len(ids) >= size * 4:
+                pending[item[0]].extend(item[1])
+            if sum(map(len, pending.values())) >= size * 4:
                 break
             try:
                 item = q.get_nowait()
             except queue.Empty:
                 break
-        for start in range(0, len(ids), size):
-            chunk = ids[start : start + size]
-            try:
-                deliver_batch.apply_async((chunk,), retry=False)
-            except Exception as exc:
-                logger.warning("broker unavailable (%s): %d deliveries stay pending for the sweeper", exc, len(chunk))
+        for kind, ids in pending.items():
+            for start in range(0, len(ids), size):
+                chunk = ids[start : start + size]
+                try:
+                    tasks[kind].apply_async((chunk,), retry=False)
+                except Exception as exc:
+                    logger.warning("broker unavailable (%s): %d %s wait for the sweeper", exc, len(chunk), kind)
         for marker in markers:
             marker.set()
 

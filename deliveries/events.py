@@ -3,10 +3,11 @@
     from deliveries.events import publish
     publish("agent.step.completed", organization=org, agent=agent, data={...})
 
-The event and one Delivery per subscribed endpoint are written in the caller's transaction
-(inside a savepoint), and the delivery ids are handed to the broker only after that
-transaction commits. So a rolled-back change publishes nothing, and a change that committed
-always has its deliveries on record, even if the broker is down: the sweeper sends them.
+The Event row is written in the caller's transaction (inside a savepoint) and its id handed to
+the broker only after that transaction commits; the worker then creates one Delivery per
+subscribed endpoint (`fanout`). So a rolled-back change publishes nothing, a committed one
+always has its event on record even if the broker is down (the sweeper takes it from there),
+and the save itself pays for one INSERT.
 """
 
 import dataclasses
@@ -18,9 +19,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from webhooks.models import Endpoint
-
-from . import enqueue
+from . import enqueue, fanout
 from .models import Delivery, DeliveryKind, Event
 
 logger = logging.getLogger(__name__)
@@ -56,21 +55,42 @@ def publish(
     data: dict,
     dedupe_key: str | None = None,
     targets: tuple[Target, ...] = (),
-    endpoints: list[Endpoint] | None = None,
+    endpoint=None,
 ) -> Event | None:
-    """Record an event and its deliveries; return the Event, or None if nothing was recorded.
+    """Record an event for delivery; return the Event, or None if nothing was recorded.
 
     Never raises and never blocks on the network: the caller's own work must not fail
     because of webhooks (seed 000, "Common Behavior"). Failures are logged. With
     `dedupe_key`, a second publish with the same key (in any process) records nothing.
-    `organization` and `agent` may be model instances or ids. `endpoints`, if given, replaces
-    the subscription lookup (a test event goes to the one endpoint it tests).
+    `organization`, `agent` and `endpoint` may be model instances or ids. `endpoint`, if
+    given, replaces the subscriptions: the event goes to that endpoint only (a test event).
     """
     organization_id = getattr(organization, "pk", organization)
     agent_id = getattr(agent, "pk", agent)
+    now = timezone.now()
+    event = Event(type=event_type, organization_id=organization_id, agent_id=agent_id, dedupe_key=dedupe_key)
+    event.created_at = now
+    event.targets = [{"kind": t.kind, "url": t.url, "body": dumps(t.body)} for t in targets]
+    if endpoint is not None:
+        event.targets.append({"endpoint": getattr(endpoint, "pk", endpoint)})
     try:
+        event.body = dumps(
+            {
+                "event_id": event.id,
+                "event_type": event_type,
+                "timestamp": isoformat(now),
+                "agent_id": agent_id,
+                "organization_id": organization_id,
+                "data": data,
+            }
+        )
+        if len(event.body) > settings.WEBHOOK_MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(
+                f"{event_type} payload is {len(event.body)} bytes, over WEBHOOK_MAX_PAYLOAD_BYTES "
+                f"({settings.WEBHOOK_MAX_PAYLOAD_BYTES})"
+            )
         with transaction.atomic():
-            event, delivery_ids = _record(event_type, organization_id, agent_id, data, dedupe_key, targets, endpoints)
+            event.save(force_insert=True)
     except IntegrityError:
         if dedupe_key and Event.objects.filter(dedupe_key=dedupe_key).exists():
             logger.debug("event %s already published (%s)", event_type, dedupe_key)
@@ -80,51 +100,22 @@ def publish(
     except Exception:
         logger.exception("could not record event %s", event_type)
         return None
-    if delivery_ids:
-        transaction.on_commit(lambda: enqueue.submit(delivery_ids))
+    transaction.on_commit(lambda: enqueue.submit_events([event.pk]))
     return event
 
 
-def _record(event_type, organization_id, agent_id, data, dedupe_key, targets, endpoints) -> tuple[Event, list[int]]:
-    now = timezone.now()
-    event = Event(type=event_type, organization_id=organization_id, agent_id=agent_id, dedupe_key=dedupe_key)
-    event.created_at = now
-    event.body = dumps(
-        {
-            "event_id": event.id,
-            "event_type": event_type,
-            "timestamp": isoformat(now),
-            "agent_id": agent_id,
-            "organization_id": organization_id,
-            "data": data,
-        }
-    )
-    if len(event.body) > settings.WEBHOOK_MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(
-            f"{event_type} payload is {len(event.body)} bytes, over WEBHOOK_MAX_PAYLOAD_BYTES "
-            f"({settings.WEBHOOK_MAX_PAYLOAD_BYTES})"
+def send_test(endpoint) -> Delivery:
+    """Send a `webhook.test` event to one endpoint through the normal pipeline; return its
+    delivery (fanned out here, so the caller can follow it at once)."""
+    with transaction.atomic():  # fanned out before the worker hears of the event
+        event = publish(
+            "webhook.test",
+            organization=endpoint.organization_id,
+            data={"endpoint_id": endpoint.pk, "message": "Test event from agent-webhooks: your endpoint is reachable."},
+            endpoint=endpoint,
         )
-    event.save(force_insert=True)
-    if endpoints is None:
-        endpoints = Endpoint.objects.subscribed(organization_id, agent_id, event_type)
-    deliveries = [Delivery(event=event, endpoint_id=ep.pk, created_at=now, next_attempt_at=now) for ep in endpoints]
-    deliveries += [
-        Delivery(event=event, kind=t.kind, url=t.url, body=dumps(t.body), created_at=now, next_attempt_at=now)
-        for t in targets
-    ]
-    if deliveries:
-        Delivery.objects.bulk_create(deliveries)
-    return event, [d.pk for d in deliveries]
-
-
-def send_test(endpoint: Endpoint) -> Delivery:
-    """Send a `webhook.test` event to one endpoint through the normal pipeline."""
-    event = publish(
-        "webhook.test",
-        organization=endpoint.organization_id,
-        data={"endpoint_id": endpoint.pk, "message": "Test event from agent-webhooks: your endpoint is reachable."},
-        endpoints=[endpoint],
-    )
-    if event is None:
-        raise RuntimeError("could not record the test event (see the log)")
-    return event.deliveries.get()
+        if event is None:
+            raise RuntimeError("could not record the test event (see the log)")
+        delivery_ids = fanout.fan_out([event.pk])
+        transaction.on_commit(lambda: enqueue.submit(delivery_ids))
+    return Delivery.objects.get(pk=delivery_ids[0])

@@ -33,6 +33,17 @@ class Event(models.Model):
     # processes and concurrent transactions).
     dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(db_index=True)
+    # Deliveries are created by the worker ("fan-out"), off the publishing save's path; until
+    # then this is NULL and the sweeper watches the event. `targets` lists destinations other
+    # than subscribed endpoints: [{"kind", "url", "body"}] or [{"endpoint": id}].
+    targets = models.JSONField(default=list, blank=True)
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+    swept_at = models.DateTimeField(null=True, blank=True)  # last re-enqueued by the sweeper
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["created_at"], name="event_not_fanned_out", condition=models.Q(fanned_out_at=None))
+        ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.id}"

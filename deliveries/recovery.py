@@ -1,9 +1,10 @@
 """Getting stuck deliveries moving again, and forgetting old attempts.
 
-The broker is the fast path, the database the record: any delivery that is pending, due
-more than WEBHOOK_SWEEP_GRACE seconds ago and not leased by a worker has lost its message
-(broker down at publish time, broker restarted, worker killed) and is enqueued again. A
-message that was only late is harmless: the attempt claim lets one of the two through.
+The broker is the fast path, the database the record. An event not fanned out, or a delivery
+that is pending, due more than WEBHOOK_SWEEP_GRACE seconds ago and not leased by a worker,
+has lost its message (broker down at publish time, broker restarted, worker killed) and is
+enqueued again. A message that was only late is harmless: fan-out and the attempt claim let
+one of the two through.
 """
 
 import datetime
@@ -16,7 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from . import enqueue
-from .models import Attempt, Delivery, DeliveryStatus
+from .models import Attempt, Delivery, DeliveryStatus, Event
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +26,32 @@ SWEEP_TIME_BUDGET = 20.0
 
 
 def sweep_due() -> int:
-    """Enqueue overdue deliveries; return how many were enqueued."""
-    from .tasks import deliver, deliver_batch
+    """Enqueue stranded events and overdue deliveries; return how many were enqueued."""
+    from .tasks import deliver, deliver_batch, deliver_events
 
     started = time.monotonic()
     total = 0
+    while time.monotonic() - started < SWEEP_TIME_BUDGET:
+        now = timezone.now()
+        overdue = now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE)
+        stranded = list(
+            Event.objects.filter(fanned_out_at__isnull=True, created_at__lte=overdue)
+            .filter(Q(swept_at__isnull=True) | Q(swept_at__lte=overdue))
+            .order_by("created_at")
+            .values_list("pk", flat=True)[:SWEEP_CHUNK]
+        )
+        if not stranded:
+            break
+        Event.objects.filter(pk__in=stranded).update(swept_at=now)
+        try:
+            for i in range(0, len(stranded), settings.WEBHOOK_BATCH_SIZE):
+                deliver_events.delay(stranded[i : i + settings.WEBHOOK_BATCH_SIZE])
+        except Exception as exc:
+            logger.warning("sweep: broker unavailable (%s); will try again next sweep", exc)
+            return total
+        total += len(stranded)
+        if len(stranded) < SWEEP_CHUNK:
+            break
     while time.monotonic() - started < SWEEP_TIME_BUDGET:
         now = timezone.now()
         due = list(
@@ -61,7 +83,7 @@ def sweep_due() -> int:
         if len(due) < SWEEP_CHUNK:
             break
     if total:
-        logger.info("sweep: re-enqueued %d overdue deliveries", total)
+        logger.info("sweep: re-enqueued %d stranded events and overdue deliveries", total)
     return total
 
 

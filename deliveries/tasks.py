@@ -1,7 +1,9 @@
 """Celery tasks: thin wrappers over `attempts` and `recovery`. Only ids travel.
 
-* `deliver_batch(ids)`: the first attempt of each delivery's series (fresh from publish, or
-  retried by hand), sent concurrently. A delivery that needs a retry continues as `deliver`.
+* `deliver_events(event_ids)`: fan published events out into deliveries, then make their
+  first attempts, sent concurrently. A delivery that needs a retry continues as `deliver`.
+* `deliver_batch(ids)`: the first attempt of each delivery's series (retried by hand, resumed
+  endpoint, or re-enqueued by the sweeper), likewise.
 * `deliver(id, series_start)`: one attempt of one delivery, retried by Celery's autoretry
   with exponential backoff (WEBHOOK_RETRY_BACKOFF * 2**n, capped at _MAX, jitter per
   WEBHOOK_RETRY_JITTER) up to WEBHOOK_MAX_RETRIES. The message's `retries` counter says which
@@ -15,7 +17,7 @@ be delivered again; the claim in `attempts` keeps that from sending a finished d
 from celery import shared_task
 from django.conf import settings
 
-from . import attempts, recovery
+from . import attempts, fanout, recovery
 from .models import DeliveryStatus
 
 
@@ -24,7 +26,14 @@ class RetryableFailure(Exception):
 
 
 @shared_task(ignore_result=True)
+def deliver_events(event_ids: list[str]) -> None:
+    deliver_batch(fanout.fan_out(event_ids))
+
+
+@shared_task(ignore_result=True)
 def deliver_batch(delivery_ids: list[int]) -> None:
+    if not delivery_ids:
+        return
     for outcome in attempts.attempt(delivery_ids):
         if outcome.status == DeliveryStatus.PENDING and not outcome.held:
             # Continue as a `deliver` task whose retry counter says this was attempt 1, so

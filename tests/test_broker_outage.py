@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from deliveries.models import Delivery
+from deliveries.models import Delivery, Event
 from tests.support import ROOT, Worker, child_database_url, wait_until
 
 AGENT_SCRIPT = """
@@ -89,16 +89,16 @@ def test_broker_down_during_save_then_delivered_by_the_sweeper(live, agent, make
         assert save_seconds < 0.5, f"the save waited {save_seconds:.3f}s on the dead broker"
         step.refresh_from_db()
         assert step.status == "success"
-        delivery = Delivery.objects.get()
-        assert delivery.status == "pending" and delivery.attempt_count == 0
+        event = Event.objects.get()  # on record, waiting for the broker
+        assert event.fanned_out_at is None
         assert live.received("/outage") == []
 
         redis.start()
         (request,) = live.wait_for(1, path="/outage", timeout=90)
         assert json.loads(request.body)["data"]["step_id"] == step.id
         wait_until(lambda: Delivery.objects.filter(status="succeeded").exists(), message="delivery succeeded")
-        worker.wait_log(r"sweep: re-enqueued 1 overdue deliveries")
-        worker.wait_log(rf"delivery {delivery.pk} to .*/outage: 200")
+        worker.wait_log(r"sweep: re-enqueued 1 stranded events and overdue deliveries")
+        worker.wait_log(rf"delivery {Delivery.objects.get().pk} to .*/outage: 200")
     finally:
         worker.stop()
         redis.stop()

@@ -8,9 +8,11 @@ import json
 import logging
 
 import pytest
+from django.db import connection
 
 from agents_hooks.models import AgentTool, Job, Message, Run, Step, Tool, ToolExecution
 from deliveries.events import publish
+from deliveries.fanout import fan_out
 from deliveries.models import Delivery, Event
 from webhooks.models import Endpoint
 
@@ -85,11 +87,15 @@ def test_run_and_job_completion_carry_the_final_status(agent, org, status):
 
 def test_publish_from_any_code(org, agent):
     endpoint = Endpoint.objects.create(organization=org, url="http://127.0.0.1:9/x")
+    Endpoint.objects.create(organization=org, url="http://127.0.0.1:9/y", event_types=["agent.step.*"])
     event = publish("agent.custom.thing", organization=org, agent=agent, data={"answer": 42})
     body = json.loads(event.body)
     assert body["event_type"] == "agent.custom.thing"
     assert body["data"] == {"answer": 42}
+    assert Delivery.objects.count() == 0  # the worker fans out, off the publisher's path
+    delivery_ids = fan_out([event.pk])
     assert list(Delivery.objects.values_list("endpoint_id", flat=True)) == [endpoint.id]
+    assert fan_out([event.pk]) == [] and Delivery.objects.count() == len(delivery_ids) == 1
     assert publish("agent.custom.thing", organization=org.id, data={}, dedupe_key="k1") is not None
     assert publish("agent.custom.thing", organization=org.id, data={}, dedupe_key="k1") is None
     assert Event.objects.filter(dedupe_key="k1").count() == 1
@@ -105,10 +111,11 @@ def test_oversize_payload_is_refused_but_the_save_succeeds(agent, settings, capl
 
 
 def test_broken_webhook_code_never_breaks_the_save(agent, monkeypatch, caplog):
-    def broken(*args, **kwargs):
-        raise RuntimeError("endpoint lookup exploded")
+    def broken(self, *args, **kwargs):
+        with connection.cursor() as cursor:  # a real database error, which aborts a transaction
+            cursor.execute("SELECT * FROM event_table_that_is_gone_missing")
 
-    monkeypatch.setattr(Endpoint.objects, "subscribed", broken)
+    monkeypatch.setattr(Event, "save", broken)
     step = Step.objects.create(agent=agent)
     step.status = "success"
     with caplog.at_level(logging.ERROR, logger="deliveries"):
@@ -117,7 +124,7 @@ def test_broken_webhook_code_never_breaks_the_save(agent, monkeypatch, caplog):
     assert step.status == "success"
     assert step.completed_at is not None
     assert events() == []  # the savepoint rolled back, the step's own transaction did not
-    assert "endpoint lookup exploded" in caplog.text
+    assert "event_table_that_is_gone_missing" in caplog.text
 
 
 def test_bulk_update_bypasses_signals_as_documented(agent):

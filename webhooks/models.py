@@ -38,18 +38,6 @@ def new_encrypted_secret() -> str:
     return crypto.encrypt(signing.generate_secret())
 
 
-class EndpointQuerySet(models.QuerySet):
-    def subscribed(self, organization_id: str, agent_id: str | None, event_type: str) -> list["Endpoint"]:
-        """Active endpoints of the organization that want this event from this agent."""
-        scope = models.Q(agent__isnull=True)
-        if agent_id:
-            scope |= models.Q(agent_id=agent_id)
-        candidates = self.filter(scope, organization_id=organization_id, is_active=True).only(
-            "id", "event_types", "url"
-        )
-        return [ep for ep in candidates if ep.wants(event_type)]
-
-
 class Endpoint(models.Model):
     id = models.CharField(primary_key=True, max_length=40, default=new_endpoint_id, editable=False)
     organization = models.ForeignKey("agents_hooks.Organization", on_delete=models.CASCADE, related_name="endpoints")
@@ -80,8 +68,6 @@ class Endpoint(models.Model):
     headers = models.JSONField(default=dict, blank=True, help_text="Extra HTTP headers sent with every POST.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-
-    objects = EndpointQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["organization", "is_active"])]
@@ -123,6 +109,9 @@ class Endpoint(models.Model):
         case-insensitively, as HTTP does)."""
         return {k: v for k, v in (self.headers or {}).items() if k.lower() not in RESERVED_HEADERS}
 
-    def wants(self, event_type: str) -> bool:
+    def receives(self, event_type: str, agent_id: str | None) -> bool:
+        """Whether this endpoint's scope and filter take an event of this type from this agent."""
+        if self.agent_id is not None and self.agent_id != agent_id:
+            return False
         patterns = self.event_types or ()
         return not patterns or any(fnmatch.fnmatchcase(event_type, p) for p in patterns)

@@ -1,4 +1,6 @@
-"""REST framework plumbing shared by every app's API: body limits and pagination."""
+"""REST framework plumbing shared by every app's API: body limits and pagination.
+
+Imported by DRF while it loads its settings: it must not import drf_spectacular (see schema.py)."""
 
 import io
 
@@ -26,10 +28,23 @@ class JSONParser(parsers.JSONParser):
             raise PayloadTooLarge(f"Request body is over the limit of {limit} bytes.")
         if not body.strip():
             return {}
-        return super().parse(io.BytesIO(body), media_type, parser_context)
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError:  # [[[[… nested deeper than the interpreter recurses
+            raise exceptions.ParseError("JSON parse error - nested too deeply") from None
 
 
 class Pagination(pagination.PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def get_page_size(self, request):
+        """`page_size` from 1 up (more than max_page_size gives max_page_size); anything else is a
+        400 naming it, rather than silently the default."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+            raise exceptions.ValidationError({self.page_size_query_param: "must be a whole number from 1 up"})
+        return min(int(raw), self.max_page_size)

@@ -123,7 +123,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["webhooks_project.api.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "webhooks_project.api.Pagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "webhooks_project.schema.AutoSchema",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "agent-webhooks API",
@@ -201,9 +201,13 @@ WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env_positive("WEBHOOK_SECRET_ROTATION_GRAC
 # SSRF guard (webhooks/urlsafety.py): endpoint URLs whose host resolves to a loopback,
 # private, link-local, carrier-grade NAT, multicast, reserved... address are refused, when
 # created and again before every POST. WEBHOOK_ALLOWED_CIDRS: comma-separated networks allowed
-# all the same, for development and tests (receivers on "127.0.0.0/8,::1/128"); leave it empty
-# in production. A bare address is a one-address network; host bits set (10.0.0.1/8) is an error.
-WEBHOOK_ALLOWED_CIDRS = [c.strip() for c in env("WEBHOOK_ALLOWED_CIDRS", "list", []) if c.strip()]
+# all the same, for development and tests. Default: loopback while DJANGO_DEBUG (the embedded
+# development setup, receivers on localhost), nothing in production. A bare address is a
+# one-address network; host bits set (10.0.0.1/8) is an error.
+_LOOPBACK = ["127.0.0.0/8", "::1/128"]
+WEBHOOK_ALLOWED_CIDRS = [
+    c.strip() for c in env("WEBHOOK_ALLOWED_CIDRS", "list", _LOOPBACK if DEBUG else []) if c.strip()
+]
 try:
     import ipaddress as _ipaddress
 

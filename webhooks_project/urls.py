@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.http import JsonResponse
 from django.urls import include, path
+from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
@@ -12,6 +13,16 @@ from webhooks import api as webhooks_api
 def health(request):
     """Liveness probe for load balancers and the run-everything command."""
     return JsonResponse({"status": "ok"})
+
+
+def not_found(request, exception):
+    """An unknown URL under /api/ answers JSON like every other API error, not an HTML page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+handler404 = not_found
 
 
 router = DefaultRouter()
