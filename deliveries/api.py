@@ -11,7 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents_hooks.auth import OrganizationScoped
-from webhooks_project.schema import ERROR_BODY, AutoSchema
+from webhooks_project.schema import ERROR_BODY
 
 from . import recovery
 from . import serializers as s
@@ -63,7 +63,6 @@ class DeliveryFilter(django_filters.FilterSet):
 
 
 class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
-    schema = AutoSchema()
     queryset = Event.objects.order_by("-created_at")
     serializer_class = s.EventSerializer
     filterset_class = EventFilter
@@ -72,7 +71,6 @@ class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
 
 
 class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
-    schema = AutoSchema()
     queryset = Delivery.objects.select_related("event", "endpoint").order_by("-created_at", "-pk")
     serializer_class = s.DeliverySerializer
     organization_field = "event__organization"

@@ -116,6 +116,8 @@ def send_test(endpoint) -> Delivery:
         )
         if event is None:
             raise RuntimeError("could not record the test event (see the log)")
-        delivery_ids = fanout.fan_out([event.pk])
-        transaction.on_commit(lambda: enqueue.submit(delivery_ids))
-    return Delivery.objects.get(pk=delivery_ids[0])
+        (delivery,) = fanout.fan_out([event.pk])
+        # Fanned out here, leased to nobody who will send it: free it for the first attempt.
+        Delivery.objects.filter(pk=delivery.pk).update(lease=None, locked_until=None)
+        transaction.on_commit(lambda: enqueue.submit([delivery.pk]))
+    return Delivery.objects.get(pk=delivery.pk)

@@ -27,14 +27,16 @@ class RetryableFailure(Exception):
 
 @shared_task(ignore_result=True)
 def deliver_events(event_ids: list[str]) -> None:
-    deliver_batch(fanout.fan_out(event_ids))
+    _continue_failures(attempts.send_claimed(fanout.fan_out(event_ids)))
 
 
 @shared_task(ignore_result=True)
 def deliver_batch(delivery_ids: list[int]) -> None:
-    if not delivery_ids:
-        return
-    for outcome in attempts.attempt(delivery_ids):
+    _continue_failures(attempts.attempt(delivery_ids))
+
+
+def _continue_failures(outcomes: list[attempts.Outcome]) -> None:
+    for outcome in outcomes:
         if outcome.status == DeliveryStatus.PENDING and not outcome.held:
             # Continue as a `deliver` task whose retry counter says this was attempt 1, so
             # its own autoretry backoff carries on from the right step.

@@ -93,9 +93,9 @@ def test_publish_from_any_code(org, agent):
     assert body["event_type"] == "agent.custom.thing"
     assert body["data"] == {"answer": 42}
     assert Delivery.objects.count() == 0  # the worker fans out, off the publisher's path
-    delivery_ids = fan_out([event.pk])
+    deliveries = fan_out([event.pk])
     assert list(Delivery.objects.values_list("endpoint_id", flat=True)) == [endpoint.id]
-    assert fan_out([event.pk]) == [] and Delivery.objects.count() == len(delivery_ids) == 1
+    assert fan_out([event.pk]) == [] and Delivery.objects.count() == len(deliveries) == 1
     assert publish("agent.custom.thing", organization=org.id, data={}, dedupe_key="k1") is not None
     assert publish("agent.custom.thing", organization=org.id, data={}, dedupe_key="k1") is None
     assert Event.objects.filter(dedupe_key="k1").count() == 1

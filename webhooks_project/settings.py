@@ -105,6 +105,9 @@ else:
     # reconnect per task. DATABASE_CONN_MAX_AGE seconds, 0 to close after each request.
     DATABASES["default"]["CONN_MAX_AGE"] = env_positive("DATABASE_CONN_MAX_AGE", "int", 600)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Server-side parameter binding: psycopg's client-side quoting of bulk INSERTs (attempt
+    # and delivery rows) was a tenth of the worker's time.
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

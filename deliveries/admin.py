@@ -1,0 +1,360 @@
+"""Admin for the delivery log: events, deliveries and their attempts, read-only.
+
+The log is a record: nothing here edits a row. The one write is the "retry" action, which
+calls `recovery.retry_delivery` like the API and the CLI. Event bodies can be large, so lists
+never load them; filters are on indexed or enumerated columns only.
+"""
+
+import json
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import quote
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.timezone import localtime
+
+from webhooks.catalog import EVENT_TYPES
+
+from .models import Attempt, Delivery, DeliveryStatus, Event
+from .recovery import NotRetryable, retry_delivery
+
+STATUS_COLOURS = {
+    DeliveryStatus.SUCCEEDED: "#2e7d32",
+    DeliveryStatus.PENDING: "#b26a00",
+    DeliveryStatus.FAILED: "#c62828",
+    DeliveryStatus.DEAD: "#6a1b9a",
+}
+
+
+def status_badge(status: str | None) -> str:
+    """A delivery status in its colour; "—" when there is none."""
+    if not status:
+        return "—"
+    return format_html('<strong style="color: {}">{}</strong>', STATUS_COLOURS.get(status, "inherit"), status)
+
+
+def pretty_json(text: str | None) -> str:
+    if not text:
+        return "—"
+    try:
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        pass
+    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}</pre>', text)
+
+
+def when(moment) -> str:
+    """A log timestamp to the second, in the site's time zone."""
+    return localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+def admin_link(obj, label=None) -> str:
+    if obj is None:
+        return "—"
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[quote(obj.pk)])
+    return format_html('<a href="{}">{}</a>', url, label if label is not None else obj)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Log rows: viewable, never added or edited here; a superuser may delete."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+class EventTypeFilter(admin.SimpleListFilter):
+    """The catalog's event types: no DISTINCT scan of the event table."""
+
+    title = "event type"
+    parameter_name = "type"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in EVENT_TYPES]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            field = "type" if queryset.model is Event else "event__type"
+            return queryset.filter(**{field: self.value()})
+        return queryset
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    fields = ["delivery", "kind", "target", "status_", "attempt_count", "last_status_code", "next_attempt_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("endpoint").defer("body")
+
+    @admin.display(description="delivery")
+    def delivery(self, obj) -> str:
+        return admin_link(obj, f"delivery {obj.pk}")
+
+    @admin.display(description="target")
+    def target(self, obj) -> str:
+        return obj.target_url
+
+    @admin.display(description="status")
+    def status_(self, obj) -> str:
+        return status_badge(obj.status)
+
+
+class FannedOutFilter(admin.SimpleListFilter):
+    """Events still waiting for the worker to create their deliveries (a partial index)."""
+
+    title = "fanned out"
+    parameter_name = "fanned_out"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Not yet (waiting for a worker)"), ("yes", "Yes")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(fanned_out_at__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "type", "organization", "agent", "created", "fanned_out"]
+    list_select_related = ["organization", "agent"]
+    list_filter = [EventTypeFilter, FannedOutFilter]
+    search_fields = ["=id", "^type", "=agent__id", "=dedupe_key"]
+    ordering = ["-created_at"]
+    show_full_result_count = False
+    fields = ["id", "type", "organization", "agent", "created_at", "fanned_out_at", "dedupe_key", "payload"]
+    readonly_fields = fields
+    inlines = [DeliveryInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("body")
+
+    @admin.display(description="created at", ordering="created_at")
+    def created(self, obj) -> str:
+        return when(obj.created_at)
+
+    @admin.display(description="fanned out", boolean=True, ordering="fanned_out_at")
+    def fanned_out(self, obj) -> bool:
+        return obj.fanned_out_at is not None
+
+    @admin.display(description="payload (as POSTed)")
+    def payload(self, obj) -> str:
+        return pretty_json(obj.body)
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    fields = ["number", "started", "status_code", "duration_ms", "error", "response"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    verbose_name_plural = "attempts"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="started at")
+    def started(self, obj) -> str:
+        return when(obj.started_at)
+
+    @admin.display(description="response (excerpt)")
+    def response(self, obj) -> str:
+        return Truncator(obj.response_body).chars(200) or "—"
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["created", "event_type", "target", "status_", "attempts", "last_status_code", "next_attempt"]
+    list_display_links = ["created"]
+    list_select_related = ["event", "endpoint"]
+    list_filter = ["status", "kind", EventTypeFilter, "endpoint"]
+    search_fields = ["=id", "=event__id", "endpoint__url", "url"]
+    ordering = ["-pk"]  # creation order, on the primary key index
+    show_full_result_count = False
+    actions = ["retry"]
+    inlines = [AttemptInline]
+    fieldsets = [
+        (None, {"fields": ["event_link", "kind", "target", "status_"]}),
+        (
+            "Progress",
+            {
+                "fields": [
+                    "attempt_count",
+                    "series_start",
+                    "next_attempt_at",
+                    "last_attempt_at",
+                    "last_status_code",
+                    "last_error",
+                    "created_at",
+                    "finished_at",
+                ]
+            },
+        ),
+        ("Payload", {"fields": ["payload"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = [
+        "event_link",
+        "kind",
+        "target",
+        "status_",
+        "attempt_count",
+        "series_start",
+        "next_attempt_at",
+        "last_attempt_at",
+        "last_status_code",
+        "last_error",
+        "created_at",
+        "finished_at",
+        "payload",
+    ]
+
+    def get_queryset(self, request):
+        # Bodies are up to WEBHOOK_MAX_PAYLOAD_BYTES each: a page of them is not loaded for a list.
+        return super().get_queryset(request).select_related("event", "endpoint").defer("body", "event__body")
+
+    def has_retry_permission(self, request) -> bool:
+        return request.user.has_perm("deliveries.change_delivery")
+
+    @admin.display(description="event type", ordering="event__type")
+    def event_type(self, obj) -> str:
+        return obj.event.type
+
+    @admin.display(description="endpoint / URL")
+    def target(self, obj) -> str:
+        if obj.endpoint_id:
+            return admin_link(obj.endpoint, obj.endpoint.url)
+        return f"{obj.url} ({obj.get_kind_display()})"
+
+    @admin.display(description="status", ordering="status")
+    def status_(self, obj) -> str:
+        return status_badge(obj.status)
+
+    @admin.display(description="attempts", ordering="attempt_count")
+    def attempts(self, obj) -> int:
+        return obj.attempt_count
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj):
+        if obj.status != DeliveryStatus.PENDING:
+            return "—"
+        return when(obj.next_attempt_at) if obj.next_attempt_at else "held (endpoint disabled)"
+
+    @admin.display(description="created at", ordering="pk")
+    def created(self, obj) -> str:
+        return when(obj.created_at)
+
+    @admin.display(description="event")
+    def event_link(self, obj) -> str:
+        return admin_link(obj.event)
+
+    @admin.display(description="payload (as POSTed)")
+    def payload(self, obj) -> str:
+        return pretty_json(obj.body if obj.body is not None else obj.event.body)
+
+    @admin.action(description="Retry selected deliveries", permissions=["retry"])
+    def retry(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        retried, succeeded, in_flight = 0, [], []
+        for delivery in Delivery.objects.filter(pk__in=ids).defer("body").order_by("pk"):
+            try:
+                retry_delivery(delivery)
+                retried += 1
+            except NotRetryable:
+                (succeeded if delivery.status == DeliveryStatus.SUCCEEDED else in_flight).append(str(delivery.pk))
+        if retried:
+            self.message_user(request, f"Retrying {retried} deliveries: a new series of attempts starts now.")
+        if succeeded:
+            self.message_user(
+                request, f"Not retried, already succeeded: delivery {', '.join(succeeded)}.", messages.WARNING
+            )
+        if in_flight:
+            self.message_user(
+                request, f"Not retried, still being delivered: delivery {', '.join(in_flight)}.", messages.WARNING
+            )
+
+
+class OutcomeFilter(admin.SimpleListFilter):
+    title = "outcome"
+    parameter_name = "outcome"
+    RANGES = {"2xx": (200, 299), "3xx": (300, 399), "4xx": (400, 499), "5xx": (500, 599)}
+
+    def lookups(self, request, model_admin):
+        return [*((k, k) for k in self.RANGES), ("none", "no answer")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "none":
+            return queryset.filter(status_code__isnull=True)
+        if self.value() in self.RANGES:
+            return queryset.filter(status_code__range=self.RANGES[self.value()])
+        return queryset
+
+
+@admin.register(Attempt)
+class AttemptAdmin(ReadOnlyAdmin):
+    list_display = ["attempt", "delivery_link", "started", "outcome", "duration_ms", "url"]
+    list_filter = [OutcomeFilter]
+    search_fields = ["=delivery__event__id", "url"]
+    ordering = ["-started_at"]
+    show_full_result_count = False
+    fields = [
+        "delivery_link",
+        "number",
+        "started_at",
+        "url",
+        "status_code",
+        "duration_ms",
+        "error",
+        "response",
+        "headers_sent",
+    ]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("response_body", "request_headers")
+
+    @admin.display(description="attempt", ordering="number")
+    def attempt(self, obj) -> str:
+        return f"attempt {obj.number}"
+
+    @admin.display(description="delivery", ordering="delivery")
+    def delivery_link(self, obj) -> str:
+        url = reverse("admin:deliveries_delivery_change", args=[obj.delivery_id])
+        return format_html('<a href="{}">delivery {}</a>', url, obj.delivery_id)
+
+    @admin.display(description="started at", ordering="started_at")
+    def started(self, obj) -> str:
+        return when(obj.started_at)
+
+    @admin.display(description="outcome", ordering="status_code")
+    def outcome(self, obj) -> str:
+        if obj.status_code is not None:
+            return f"HTTP {obj.status_code}"
+        return Truncator(obj.error).chars(60) or "—"
+
+    @admin.display(description="response body (as kept)")
+    def response(self, obj) -> str:
+        return pretty_json(obj.response_body)
+
+    @admin.display(description="request headers (credentials redacted)")
+    def headers_sent(self, obj) -> str:
+        return pretty_json(json.dumps(obj.request_headers))
