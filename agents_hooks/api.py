@@ -9,15 +9,13 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from webhooks_project.schema import AutoSchema
-
 from . import serializers as s
 from .auth import OrganizationScoped
 from .models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecution
 
 
 class _Scoped(OrganizationScoped, viewsets.GenericViewSet):
-    schema = AutoSchema()
+    pass
 
 
 class _CreateReadUpdate(
@@ -29,22 +27,11 @@ class _CreateReadUpdate(
 
 
 class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
-    schema = AutoSchema()
     queryset = Agent.objects.prefetch_related("tools").order_by("created_at")
     serializer_class = s.AgentSerializer
 
     def perform_create(self, serializer):
         serializer.save(organization=self.organization)
-
-    def perform_destroy(self, instance):
-        # Detach the tools first: each detachment publishes `agent.tool.detached` naming the
-        # agent. Published from inside the agent's cascade, that event would point at a deleted
-        # agent (a foreign key violation at commit: a 500); published before, it is kept with its
-        # agent nulled, like the agent's other events.
-        with transaction.atomic():
-            for attachment in AgentTool.objects.filter(agent=instance):
-                attachment.delete()
-            instance.delete()
 
     @extend_schema(request=s.AttachToolSerializer, responses={201: s.AgentSerializer})
     @action(detail=True, methods=["post"], url_path="tools")
@@ -74,7 +61,6 @@ class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
 
 
 class ToolViewSet(OrganizationScoped, viewsets.ModelViewSet):
-    schema = AutoSchema()
     queryset = Tool.objects.order_by("created_at")
     serializer_class = s.ToolSerializer
 

@@ -87,4 +87,3 @@ class OrganizationScoped:
             return context
         context["organization"] = self.organization
         return context
-

@@ -7,7 +7,7 @@ from django.dispatch import receiver
 from deliveries.signals import callback_attempted
 
 from . import events
-from .models import Agent, AgentTool, Job, Message, Run, Step, ToolExecution
+from .models import Agent, AgentTool, Job, Message, Organization, Run, Step, ToolExecution
 
 
 @receiver(post_save, sender=Step)
@@ -47,8 +47,11 @@ def tool_attached(sender, instance: AgentTool, created=False, raw=False, **kwarg
 
 
 @receiver(post_delete, sender=AgentTool)
-def tool_detached(sender, instance: AgentTool, **kwargs):
-    events.tool_attachment_changed(instance, attached=False)
+def tool_detached(sender, instance: AgentTool, origin=None, **kwargs):
+    # Deleting the agent (or its organization) deletes its attachments too: no detach events
+    # for an agent that no longer exists (they would also point at the deleted row).
+    if not isinstance(origin, Agent | Organization):
+        events.tool_attachment_changed(instance, attached=False)
 
 
 @receiver(m2m_changed, sender=Agent.tools.through)

@@ -10,7 +10,7 @@ import logging
 import pytest
 from django.db import connection
 
-from agents_hooks.models import AgentTool, Job, Message, Run, Step, Tool, ToolExecution
+from agents_hooks.models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecution
 from deliveries.events import publish
 from deliveries.fanout import fan_out
 from deliveries.models import Delivery, Event
@@ -131,3 +131,11 @@ def test_bulk_update_bypasses_signals_as_documented(agent):
     step = Step.objects.create(agent=agent)
     Step.objects.filter(pk=step.pk).update(status="success")
     assert events() == []
+
+
+def test_deleting_an_agent_with_tools_succeeds_without_detach_events(agent, tool):
+    agent.tools.add(tool)
+    agent.delete()
+    assert not Agent.objects.filter(pk=agent.pk).exists()
+    assert events("agent.tool.detached") == []
+    tool.delete()  # and deleting a tool still attached elsewhere is fine too

@@ -2,7 +2,6 @@
 worker gives up on time, logs why, keeps memory bounded, and is free for the next delivery."""
 
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -11,47 +10,8 @@ from django.conf import settings
 
 from agents_hooks.models import Step
 from deliveries.models import Attempt, Delivery
+from tests.receiver import RawServer
 from tests.support import wait_until
-
-
-class RawServer:
-    """A TCP server on 127.0.0.1 that answers every connection with `behaviour(conn)`."""
-
-    def __init__(self, behaviour):
-        self.behaviour = behaviour
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.closed = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn):
-        try:
-            conn.settimeout(30)
-            conn.recv(65536)  # the request (small enough for one read here)
-            self.behaviour(conn)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def close(self):
-        self.closed = True
-        self.sock.close()
 
 
 def trickle(conn):

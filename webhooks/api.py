@@ -12,7 +12,6 @@ from agents_hooks.auth import HasOrganization, OrganizationScoped
 from deliveries import recovery, selectors
 from deliveries.events import send_test
 from deliveries.serializers import AttemptSerializer, DeliverySerializer, TestSendSerializer
-from webhooks_project.schema import AutoSchema
 
 from . import catalog
 from . import serializers as s
@@ -20,7 +19,6 @@ from .models import Endpoint
 
 
 class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
-    schema = AutoSchema()
     queryset = Endpoint.objects.order_by("created_at")
     serializer_class = s.EndpointSerializer
 
@@ -78,7 +76,6 @@ class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
 
 class EventTypesView(APIView):
     permission_classes = [HasOrganization]
-    schema = AutoSchema()
 
     @extend_schema(responses={200: s.EventTypeSerializer(many=True)})
     def get(self, request):

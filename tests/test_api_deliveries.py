@@ -1,0 +1,288 @@
+"""The REST API for the delivery log: events and deliveries (filters, ordering, pagination), a
+delivery with all its attempts, manual retry; and the README's walkthrough end to end: an
+endpoint, an agent and a step made through the API, the step completed, the delivery seen."""
+
+import datetime
+import json
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+from standardwebhooks.webhooks import Webhook
+
+from agents_hooks.models import Agent, ApiKey
+from deliveries.models import Attempt, Delivery, Event
+from tests.receiver import Reply
+from tests.support import wait_until
+from webhooks.models import Endpoint
+
+PUBLIC = "https://93.184.216.34/hook"
+
+
+@pytest.fixture
+def api(org) -> APIClient:
+    _, key = ApiKey.issue(org)
+    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+
+def logged(endpoint, status="succeeded", *, event_type="agent.step.completed", agent=None, age_min=0, codes=(200,)):
+    """An event and its delivery to `endpoint` as the worker leaves them, one attempt per code."""
+    created = timezone.now() - datetime.timedelta(minutes=age_min)
+    event = Event.objects.create(
+        type=event_type,
+        organization_id=endpoint.organization_id,
+        agent=agent,
+        body=json.dumps({"event_type": event_type, "agent_id": getattr(agent, "pk", None), "data": {"n": age_min}}),
+        created_at=created,
+        fanned_out_at=created,
+    )
+    delivery = Delivery.objects.create(
+        event=event,
+        endpoint=endpoint,
+        status=status,
+        attempt_count=len(codes),
+        created_at=created,
+        last_attempt_at=created if codes else None,
+        last_status_code=codes[-1] if codes else None,
+        next_attempt_at=created if status == "pending" else None,
+        finished_at=None if status == "pending" else created,
+    )
+    for number, code in enumerate(codes, 1):
+        Attempt.objects.create(
+            delivery=delivery,
+            number=number,
+            started_at=created,
+            url=endpoint.url,
+            status_code=code,
+            duration_ms=10 * number,
+            response_body=f"answer {number}",
+        )
+    return delivery
+
+
+def ids(response) -> list:
+    assert response.status_code == 200, response.content
+    return [row["id"] for row in response.json()["results"]]
+
+
+@pytest.fixture
+def log(org, agent):
+    """Five deliveries over two endpoints, two agents, several types, statuses and ages."""
+    other_agent = Agent.objects.create(organization=org, name="second")
+    a = Endpoint.objects.create(organization=org, url=PUBLIC)
+    b = Endpoint.objects.create(organization=org, url="https://93.184.216.34/other")
+    return {
+        "a": a,
+        "b": b,
+        "agent": agent,
+        "other_agent": other_agent,
+        "old_ok": logged(a, age_min=120, agent=agent),
+        "failed": logged(a, "failed", age_min=60, agent=agent, codes=(400,)),
+        "dead": logged(b, "dead", age_min=30, agent=other_agent, event_type="agent.run.completed", codes=(503,) * 3),
+        "pending": logged(b, "pending", age_min=10, event_type="agent.message.sent", codes=()),
+        "new_ok": logged(a, age_min=1, agent=other_agent, event_type="agent.run.completed"),
+    }
+
+
+# --- the log -------------------------------------------------------------------------------
+
+
+def test_deliveries_list_newest_first_with_their_fields(api, log):
+    response = api.get("/api/v1/deliveries/")
+    assert ids(response) == [log[k].pk for k in ("new_ok", "pending", "dead", "failed", "old_ok")]
+    row = response.json()["results"][2]
+    assert row["event"] == log["dead"].event_id
+    assert (row["event_type"], row["webhook"], row["url"], row["status"], row["attempt_count"]) == (
+        "agent.run.completed", log["b"].pk, "https://93.184.216.34/other", "dead", 3,
+    )  # fmt: skip
+    assert row["last_status_code"] == 503 and row["kind"] == "endpoint"
+    assert "attempts" not in row
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("status=failed", ["failed"]),
+        ("status=succeeded", ["new_ok", "old_ok"]),
+        ("event_type=agent.run.completed", ["new_ok", "dead"]),
+        ("status=dead&event_type=agent.run.completed", ["dead"]),
+        ("kind=endpoint&status=pending", ["pending"]),
+    ],
+)
+def test_deliveries_filters(api, log, query, expected):
+    assert ids(api.get(f"/api/v1/deliveries/?{query}")) == [log[k].pk for k in expected]
+
+
+def test_deliveries_filter_by_webhook_agent_event_and_time(api, log):
+    assert ids(api.get(f"/api/v1/deliveries/?webhook={log['b'].pk}")) == [log["pending"].pk, log["dead"].pk]
+    by_agent = ids(api.get(f"/api/v1/deliveries/?agent={log['agent'].pk}"))
+    assert by_agent == [log["failed"].pk, log["old_ok"].pk]
+    assert ids(api.get(f"/api/v1/deliveries/?event={log['dead'].event_id}")) == [log["dead"].pk]
+    after = (timezone.now() - datetime.timedelta(minutes=45)).isoformat()
+    before = (timezone.now() - datetime.timedelta(minutes=5)).isoformat()
+    window = ids(api.get("/api/v1/deliveries/", {"created_after": after, "created_before": before}))
+    assert window == [log["pending"].pk, log["dead"].pk]
+
+
+def test_deliveries_ordering_and_pagination(api, log):
+    oldest_first = ids(api.get("/api/v1/deliveries/?ordering=created_at"))
+    assert oldest_first == [log[k].pk for k in ("old_ok", "failed", "dead", "pending", "new_ok")]
+    most_attempts = ids(api.get("/api/v1/deliveries/?ordering=-attempt_count"))
+    assert most_attempts[0] == log["dead"].pk
+    first = api.get("/api/v1/deliveries/?page_size=2").json()
+    assert first["count"] == 5 and len(first["results"]) == 2 and first["previous"] is None
+    second = api.get(first["next"]).json()
+    assert [r["id"] for r in second["results"]] == [log["dead"].pk, log["failed"].pk]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=exploded", "status"),
+        ("kind=carrier-pigeon", "kind"),
+        ("created_after=yesterday", "created_after"),
+        ("created_before=2026-13-01T00:00:00Z", "created_before"),
+        ("created_after=1218-01-30T01:44:06-18:32", None),  # PostgreSQL refuses that offset: normalised to UTC
+        ("created_before=0001-01-01T00:00:00%2B05:00", "created_before"),  # before year 1 in UTC
+        ("page_size=0", "page_size"),
+    ],
+)
+def test_bad_filters_are_400_naming_them(api, log, query, field):
+    response = api.get(f"/api/v1/deliveries/?{query}")
+    if field is None:
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+
+
+def test_delivery_detail_has_every_attempt(api, log):
+    response = api.get(f"/api/v1/deliveries/{log['dead'].pk}/")
+    assert response.status_code == 200
+    attempts = response.json()["attempts"]
+    assert [(a["number"], a["status_code"], a["duration_ms"], a["response_body"]) for a in attempts] == [
+        (1, 503, 10, "answer 1"), (2, 503, 20, "answer 2"), (3, 503, 30, "answer 3"),
+    ]  # fmt: skip
+    assert api.get("/api/v1/deliveries/999999999/").status_code == 404
+    assert api.get("/api/v1/deliveries/not-a-number/").status_code == 404
+
+
+def test_events_list_filters_and_detail(api, log):
+    listed = api.get("/api/v1/events/")
+    assert [e["id"] for e in listed.json()["results"]] == [
+        log[k].event_id for k in ("new_ok", "pending", "dead", "failed", "old_ok")
+    ]
+    run_events = api.get("/api/v1/events/?event_type=agent.run.completed").json()["results"]
+    assert [e["id"] for e in run_events] == [log["new_ok"].event_id, log["dead"].event_id]
+    by_agent = api.get(f"/api/v1/events/?agent={log['agent'].pk}&ordering=created_at").json()["results"]
+    assert [e["id"] for e in by_agent] == [log["old_ok"].event_id, log["failed"].event_id]
+    since = (timezone.now() - datetime.timedelta(minutes=15)).isoformat()
+    assert len(api.get("/api/v1/events/", {"created_after": since}).json()["results"]) == 2
+    detail = api.get(f"/api/v1/events/{log['dead'].event_id}/").json()
+    assert detail["event_type"] == "agent.run.completed"
+    assert detail["agent"] == log["other_agent"].pk
+    assert detail["payload"] == {
+        "event_type": "agent.run.completed",
+        "agent_id": log["other_agent"].pk,
+        "data": {"n": 30},
+    }
+    assert "created_after" in api.get("/api/v1/events/?created_after=soon").json()
+
+
+def test_the_log_is_read_only(api, log):
+    delivery = log["failed"]
+    assert api.delete(f"/api/v1/deliveries/{delivery.pk}/").status_code == 405
+    assert api.patch(f"/api/v1/deliveries/{delivery.pk}/", {"status": "succeeded"}, format="json").status_code == 405
+    assert api.post("/api/v1/events/", {}, format="json").status_code == 405
+
+
+# --- manual retry --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["failed", "dead"])
+def test_retry_a_failed_or_dead_delivery_starts_a_fresh_series_now(api, log, status):
+    delivery = log[status]
+    response = api.post(f"/api/v1/deliveries/{delivery.pk}/retry/")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "pending" and body["finished_at"] is None
+    assert body["next_attempt_at"] is not None
+    assert len(body["attempts"]) == delivery.attempt_count  # the history is kept
+    delivery.refresh_from_db()
+    assert delivery.series_start == delivery.attempt_count
+
+
+def test_retry_refuses_a_pending_one_and_a_succeeded_one_without_force(api, log):
+    response = api.post(f"/api/v1/deliveries/{log['pending'].pk}/retry/")
+    assert response.status_code == 409
+    assert "pending" in response.json()["detail"]
+    response = api.post(f"/api/v1/deliveries/{log['old_ok'].pk}/retry/", {"force": False}, format="json")
+    assert response.status_code == 409
+    assert "force" in response.json()["detail"]
+    assert Delivery.objects.get(pk=log["old_ok"].pk).status == "succeeded"
+    response = api.post(f"/api/v1/deliveries/{log['old_ok'].pk}/retry/", {"force": True}, format="json")
+    assert response.status_code == 202
+    assert response.json()["status"] == "pending"
+    assert (
+        "force" in api.post(f"/api/v1/deliveries/{log['failed'].pk}/retry/", {"force": "maybe"}, format="json").json()
+    )
+
+
+def test_retry_sends_again_and_the_detail_shows_the_new_attempt(live, api, org):
+    live.script("/retry", [])  # 200 from now on
+    endpoint = Endpoint.objects.create(organization=org, url=live.url("/retry"))
+    failed = logged(endpoint, "failed", codes=(400,))
+    assert api.post(f"/api/v1/deliveries/{failed.pk}/retry/").status_code == 202
+    (request,) = live.wait_for(1, path="/retry")
+    assert request.headers["webhook-id"] == failed.event_id  # the same event, sent again
+    wait_until(lambda: api.get(f"/api/v1/deliveries/{failed.pk}/").json()["status"] == "succeeded")
+    attempts = api.get(f"/api/v1/deliveries/{failed.pk}/").json()["attempts"]
+    assert [(a["number"], a["status_code"]) for a in attempts] == [(1, 400), (2, 200)]
+
+
+def test_forced_retry_of_a_succeeded_delivery_posts_it_again(live, api, org):
+    endpoint = Endpoint.objects.create(organization=org, url=live.url("/again"))
+    done = logged(endpoint, "succeeded", codes=(200,))
+    assert api.post(f"/api/v1/deliveries/{done.pk}/retry/", {"force": True}, format="json").status_code == 202
+    live.wait_for(1, path="/again")
+    wait_until(lambda: Delivery.objects.get(pk=done.pk).attempt_count == 2)
+
+
+# --- the README walkthrough, end to end ----------------------------------------------------
+
+
+def test_walkthrough_endpoint_agent_step_complete_then_see_the_delivery(live, api):
+    live.script("/walkthrough", [Reply(500, body=b"busy"), Reply(200, body=b"thanks")])
+    endpoint = api.post(
+        "/api/v1/webhooks/",
+        {"url": live.url("/walkthrough"), "event_types": ["agent.step.*"], "description": "walkthrough"},
+        format="json",
+    ).json()
+    agent = api.post("/api/v1/agents/", {"name": "support-bot"}, format="json").json()
+    step = api.post("/api/v1/steps/", {"agent": agent["id"]}, format="json").json()
+    assert live.received() == []  # a pending step is not an event
+
+    done = api.patch(
+        f"/api/v1/steps/{step['id']}/",
+        {"status": "success", "prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42},
+        format="json",
+    )
+    assert done.status_code == 200
+
+    def delivered():
+        rows = api.get(f"/api/v1/deliveries/?webhook={endpoint['id']}&status=succeeded").json()["results"]
+        return rows[0] if rows else None
+
+    row = wait_until(delivered, message="the step's delivery to succeed")
+    assert row["event_type"] == "agent.step.completed" and row["attempt_count"] == 2
+    detail = api.get(f"/api/v1/deliveries/{row['id']}/").json()
+    assert [(a["status_code"], a["response_body"]) for a in detail["attempts"]] == [(500, "busy"), (200, "thanks")]
+    event = api.get(f"/api/v1/events/{row['event']}/").json()
+    assert event["payload"]["data"]["step_id"] == step["id"]
+
+    first, second = live.wait_for(2, path="/walkthrough")
+    envelope = Webhook(endpoint["secret"]).verify(second.body, second.headers)
+    assert envelope["event_type"] == "agent.step.completed"
+    assert envelope["agent_id"] == agent["id"]
+    assert envelope["data"]["usage"] == {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
+    assert first.body == second.body
