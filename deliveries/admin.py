@@ -9,6 +9,7 @@ import json
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
@@ -282,7 +283,10 @@ class DeliveryAdmin(ReadOnlyAdmin):
             except NotRetryable:
                 (succeeded if delivery.status == DeliveryStatus.SUCCEEDED else in_flight).append(str(delivery.pk))
         if retried:
-            self.message_user(request, f"Retrying {retried} deliveries: a new series of attempts starts now.")
+            self.message_user(
+                request,
+                f"Retrying {retried} deliver{pluralize(retried, 'y,ies')}: a new series of attempts starts now.",
+            )
         if succeeded:
             self.message_user(
                 request, f"Not retried, already succeeded: delivery {', '.join(succeeded)}.", messages.WARNING

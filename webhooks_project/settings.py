@@ -70,6 +70,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "webhooks_project.urls"
+# Admin messages can carry a secret shown once (rotation, new API key): keep them server-side,
+# not in the (signed, unencrypted) messages cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 WSGI_APPLICATION = "webhooks_project.wsgi.application"
 
 TEMPLATES = [
@@ -179,6 +182,10 @@ WEBHOOK_RESPONSE_BODY_LIMIT = env_positive("WEBHOOK_RESPONSE_BODY_LIMIT", "int",
 WEBHOOK_HTTP_CONCURRENCY = env_positive("WEBHOOK_HTTP_CONCURRENCY", "int", 32, minimum=1)
 # Deliveries handed to the broker in one message (first attempts are sent as a batch).
 WEBHOOK_BATCH_SIZE = env_positive("WEBHOOK_BATCH_SIZE", "int", 50, minimum=1)
+# Events fanned out together when a worker finds a backlog (events that waited longer than
+# WEBHOOK_BACKLOG_AFTER seconds): batching cuts the worker's cost per delivery (fanout.py).
+WEBHOOK_FANOUT_BATCH = env_positive("WEBHOOK_FANOUT_BATCH", "int", 20, minimum=1)
+WEBHOOK_BACKLOG_AFTER = env_positive("WEBHOOK_BACKLOG_AFTER", "float", 0.25)
 # The sweeper re-enqueues pending deliveries overdue by more than SWEEP_GRACE seconds
 # (broker down at publish time, lost message, killed worker); it runs every SWEEP_INTERVAL.
 WEBHOOK_SWEEP_INTERVAL = env_positive("WEBHOOK_SWEEP_INTERVAL", "float", 30.0, minimum=0.1)

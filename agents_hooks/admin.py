@@ -1,0 +1,187 @@
+"""Admin for the agent platform: the things whose lifecycle our webhooks report.
+
+Saving goes through the model's `save()`, so the admin publishes events like any other
+caller: a Step saved as success here sends `agent.step.completed`, a tool added to an agent
+inline sends `agent.tool.attached`.
+"""
+
+from django.contrib import admin, messages
+from django.db import models
+from django.utils import timezone
+from django.utils.text import Truncator
+
+from .models import Agent, AgentTool, ApiKey, Job, Message, Organization, Run, Step, Tool, ToolExecution
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "id", "created_at"]
+    search_fields = ["name", "=id"]
+    readonly_fields = ["id", "created_at"]
+    ordering = ["name"]
+
+
+class AgentToolInline(admin.TabularInline):
+    model = AgentTool
+    extra = 0
+    autocomplete_fields = ["tool"]
+    readonly_fields = ["attached_at"]
+    verbose_name = "attached tool"
+    verbose_name_plural = "attached tools (adding one sends agent.tool.attached, removing agent.tool.detached)"
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "id", "organization", "created_at"]
+    list_select_related = ["organization"]
+    list_filter = ["organization"]
+    search_fields = ["name", "=id", "organization__name"]
+    autocomplete_fields = ["organization"]
+    readonly_fields = ["id", "created_at"]
+    inlines = [AgentToolInline]
+    ordering = ["-created_at"]
+
+
+@admin.register(Tool)
+class ToolAdmin(admin.ModelAdmin):
+    list_display = ["name", "id", "organization", "created_at"]
+    list_select_related = ["organization"]
+    list_filter = ["organization"]
+    search_fields = ["name", "=id", "description"]
+    autocomplete_fields = ["organization"]
+    readonly_fields = ["id", "created_at"]
+    ordering = ["name"]
+
+
+class CallbackAdmin(admin.ModelAdmin):
+    """Runs and jobs: status and what became of the seed 003 callback."""
+
+    list_filter = ["status"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    readonly_fields = ["id", "created_at", "callback_sent_at", "callback_status_code", "callback_error"]
+    ordering = ["-created_at"]
+
+    @admin.display(description="callback", ordering="callback_status_code")
+    def callback(self, obj) -> str:
+        if not obj.callback_url:
+            return "—"
+        if obj.callback_error:
+            return f"error: {Truncator(obj.callback_error).chars(60)}"
+        if obj.callback_status_code is not None:
+            return f"HTTP {obj.callback_status_code}"
+        return "not sent yet"
+
+
+@admin.register(Run)
+class RunAdmin(CallbackAdmin):
+    list_display = ["id", "agent", "status", "created_at", "completed_at", "callback"]
+    list_select_related = ["agent"]
+    search_fields = ["=id", "agent__name", "=agent__id"]
+    raw_id_fields = ["agent"]
+
+
+@admin.register(Job)
+class JobAdmin(CallbackAdmin):
+    list_display = ["id", "organization", "agent", "status", "created_at", "completed_at", "callback"]
+    list_select_related = ["organization", "agent"]
+    search_fields = ["=id", "agent__name", "=agent__id", "organization__name"]
+    raw_id_fields = ["organization", "agent"]
+
+
+@admin.register(Step)
+class StepAdmin(admin.ModelAdmin):
+    list_display = ["id", "agent", "run", "status", "total_tokens", "created_at", "completed_at"]
+    list_select_related = ["agent", "run"]
+    list_filter = ["status"]
+    search_fields = ["=id", "agent__name", "=agent__id", "=run__id"]
+    raw_id_fields = ["agent", "run"]
+    readonly_fields = ["id", "created_at"]
+    ordering = ["-created_at"]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["id", "agent", "role", "excerpt", "created_at"]
+    list_select_related = ["agent"]
+    list_filter = ["role"]
+    search_fields = ["=id", "agent__name", "=agent__id", "=step__id"]
+    raw_id_fields = ["agent", "step"]
+    readonly_fields = ["id", "created_at"]
+    ordering = ["-created_at"]
+
+    @admin.display(description="content")
+    def excerpt(self, obj) -> str:
+        return Truncator(obj.content).chars(80)
+
+
+@admin.register(ToolExecution)
+class ToolExecutionAdmin(admin.ModelAdmin):
+    list_display = ["id", "agent", "tool", "status", "duration_ms", "created_at"]
+    list_select_related = ["agent", "tool"]
+    list_filter = ["status"]
+    search_fields = ["=id", "agent__name", "tool__name", "=step__id"]
+    raw_id_fields = ["agent", "tool", "step"]
+    readonly_fields = ["id", "created_at"]
+    ordering = ["-created_at"]
+
+
+class RevokedFilter(admin.SimpleListFilter):
+    title = "revoked"
+    parameter_name = "revoked"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Active"), ("yes", "Revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(revoked_at__isnull=True)
+        return queryset
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are issued here: the key is shown once, in the message after saving; only its
+    hash is stored, so it can never be shown again."""
+
+    list_display = ["key_prefix", "name", "organization", "created_at", "last_used_at", "revoked"]
+    list_select_related = ["organization"]
+    list_filter = [RevokedFilter, "organization"]
+    search_fields = ["key_prefix", "name", "organization__name"]
+    autocomplete_fields = ["organization"]
+    actions = ["revoke"]
+    ordering = ["-created_at"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["organization", "name"]
+        return ["key_prefix", "organization", "name", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["key_prefix", "organization", "created_at", "last_used_at"]
+
+    @admin.display(description="revoked", boolean=True, ordering="revoked_at")
+    def revoked(self, obj) -> bool:
+        return obj.revoked_at is not None
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        row, key = ApiKey.issue(obj.organization, name=obj.name)
+        # The admin goes on with `obj` (log entry, redirect): make it the row just issued.
+        for field in ApiKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(row, field.attname))
+        obj._state.adding, obj._state.db = False, row._state.db
+        messages.warning(
+            request,
+            f"New API key for {obj.organization}: {key} — copy it now: only its hash is stored, "
+            "it will not be shown again.",
+        )
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} API key(s).", messages.SUCCESS)

@@ -1,0 +1,281 @@
+"""Admin for endpoints: health at a glance, and the operator's actions.
+
+Like the API, the admin is a surface over both apps: its actions call the same services the
+API and the CLI call (`deliveries.events.send_test`, `deliveries.recovery`,
+`Endpoint.rotate_secret`). A secret is shown once, in the message after creating or rotating
+it, and never in a list or a form.
+"""
+
+import datetime
+import time
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.widgets import AdminURLFieldWidget
+from django.db import connection
+from django.template.defaultfilters import pluralize
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from rest_framework import serializers as drf
+
+from deliveries.admin import status_badge
+from deliveries.events import send_test
+from deliveries.models import Attempt, Delivery
+from deliveries.recovery import recover_endpoint, resume_endpoint
+from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
+
+from . import catalog, urlsafety
+from .models import Endpoint
+from .serializers import EndpointSerializer
+
+# How long "send test event" waits for the worker's first attempt before answering.
+TEST_WAIT_SECONDS = 5.0
+
+
+class EndpointForm(forms.ModelForm):
+    """The API's rules for a URL, event types and headers, so both surfaces accept the same."""
+
+    url = forms.URLField(max_length=2048, assume_scheme="https", widget=AdminURLFieldWidget)
+
+    class Meta:
+        model = Endpoint
+        fields = ["organization", "url", "agent", "description", "event_types", "headers", "is_active"]
+
+    def clean_url(self):
+        url = self.cleaned_data["url"]
+        if "url" in self.changed_data:
+            try:
+                urlsafety.check_url(url)
+            except urlsafety.UnsafeURL as exc:
+                raise forms.ValidationError(str(exc)) from exc
+        return url
+
+    def clean_event_types(self):
+        value = self.cleaned_data["event_types"] or []
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise forms.ValidationError('A JSON list of event types, e.g. ["agent.step.*"]; [] for all.')
+        unknown = catalog.unknown_patterns(value)
+        if unknown:
+            raise forms.ValidationError(f"Unknown event type(s): {', '.join(unknown)}.")
+        return value
+
+    def clean_headers(self):
+        value = self.cleaned_data["headers"] or {}
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise forms.ValidationError('A JSON object of header names to string values, e.g. {"X-Team": "ops"}.')
+        try:
+            return EndpointSerializer().validate_headers(value)
+        except drf.ValidationError as exc:
+            raise forms.ValidationError(exc.detail) from exc
+
+    def clean(self):
+        cleaned = super().clean()
+        organization = cleaned.get("organization") or getattr(self.instance, "organization", None)
+        agent = cleaned.get("agent")
+        if agent and organization and agent.organization_id != organization.pk:
+            self.add_error("agent", f"{agent} belongs to another organization than {organization}.")
+        return cleaned
+
+
+class ScopeFilter(admin.SimpleListFilter):
+    title = "scope"
+    parameter_name = "scope"
+
+    def lookups(self, request, model_admin):
+        return [("all", "All agents"), ("agent", "One agent")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "all":
+            return queryset.filter(agent__isnull=True)
+        if self.value() == "agent":
+            return queryset.filter(agent__isnull=False)
+        return queryset
+
+
+@admin.register(Endpoint)
+class EndpointAdmin(admin.ModelAdmin):
+    form = EndpointForm
+    list_display = ["url", "description", "organization", "scope", "active", "last_delivery", "success_24h"]
+    list_select_related = ["organization", "agent"]
+    list_filter = ["is_active", ScopeFilter, "organization"]
+    search_fields = ["url", "description", "=id", "agent__name"]
+    autocomplete_fields = ["organization", "agent"]
+    ordering = ["-created_at"]
+    actions = ["send_test_event", "enable", "disable", "rotate_secret", "recover_failed_deliveries"]
+    readonly_fields = [
+        "id",
+        "organization",
+        "disabled_at",
+        "disabled_reason",
+        "failing_since",
+        "last_delivery",
+        "success_24h",
+        "secret_status",
+        "created_at",
+        "updated_at",
+    ]
+
+    def get_fieldsets(self, request, obj=None):
+        editable = ["url", "agent", "description", "event_types", "headers", "is_active"]
+        if obj is None:
+            return [(None, {"fields": ["organization", *editable]})]
+        return [
+            (None, {"fields": ["id", "organization", *editable]}),
+            ("Health", {"fields": ["last_delivery", "success_24h", "disabled_at", "disabled_reason", "failing_since"]}),
+            ("Signing", {"fields": ["secret_status", "created_at", "updated_at"]}),
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def get_queryset(self, request):
+        # Secrets are never shown, so never loaded for a page either.
+        queryset = super().get_queryset(request).defer("secret_encrypted", "previous_secret_encrypted")
+        return with_delivery_stats(queryset)
+
+    @admin.display(description="scope", ordering="agent__name")
+    def scope(self, obj) -> str:
+        return obj.agent.name if obj.agent_id else "all agents"
+
+    @admin.display(description="active", boolean=True, ordering="is_active")
+    def active(self, obj) -> bool:
+        return obj.is_active
+
+    @admin.display(description="last delivery", ordering="last_delivery_status")
+    def last_delivery(self, obj) -> str:
+        return status_badge(getattr(obj, "last_delivery_status", None))
+
+    @admin.display(description="success (24 h)", ordering="deliveries_24h")
+    def success_24h(self, obj) -> str:
+        rate = success_rate(obj)
+        if rate is None:
+            return "—"
+        url = reverse("admin:deliveries_delivery_changelist") + "?" + urlencode({"endpoint__id__exact": obj.pk})
+        return format_html('<a href="{}">{}</a>', url, f"{rate:.0%} of {obj.deliveries_24h}")
+
+    @admin.display(description="secret")
+    def secret_status(self, obj) -> str:
+        if obj.previous_secret_expires_at and obj.previous_secret_expires_at > timezone.now():
+            return f"Rotated; the previous secret also signs until {obj.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC."
+        return "Set. It is shown once, when rotated (action “Rotate secret”); it is never displayed here."
+
+    def save_model(self, request, obj, form, change):
+        resuming = change and "is_active" in form.changed_data and obj.is_active
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            obj.disabled_at, obj.disabled_reason = timezone.now(), f"disabled by {request.user.get_username()}"
+        super().save_model(request, obj, form, change)
+        if resuming:
+            held = resume_endpoint(obj)
+            if held:
+                self.message_user(request, f"Enabled; {held} held deliveries are being sent.", messages.INFO)
+
+    # --- actions ------------------------------------------------------------------------
+
+    @staticmethod
+    def _selected(queryset):
+        """The selected endpoints without the changelist's aggregate annotations."""
+        return Endpoint.objects.filter(pk__in=list(queryset.values_list("pk", flat=True))).order_by("created_at")
+
+    @admin.action(description="Send test event", permissions=["change"])
+    def send_test_event(self, request, queryset):
+        sent = []
+        for endpoint in self._selected(queryset):
+            if not endpoint.is_active:
+                self.message_user(
+                    request, f"{endpoint.url} is disabled: enable it, then send a test event.", messages.WARNING
+                )
+                continue
+            try:
+                sent.append((endpoint, send_test(endpoint)))
+            except RuntimeError as exc:
+                self.message_user(request, f"{endpoint.url}: {exc}", messages.ERROR)
+        # Inside a transaction the delivery is not committed, so no worker could see it yet.
+        wait = 0.0 if connection.in_atomic_block else TEST_WAIT_SECONDS
+        deadline = time.monotonic() + wait
+        for endpoint, delivery in sent:
+            attempt = wait_for_first_attempt(delivery, deadline - time.monotonic())
+            self.message_user(request, *_test_result(endpoint, delivery, attempt, wait))
+
+    @admin.action(description="Enable selected endpoints (send held deliveries)", permissions=["change"])
+    def enable(self, request, queryset):
+        enabled = held = 0
+        for endpoint in self._selected(queryset):
+            enabled += not endpoint.is_active
+            held += resume_endpoint(endpoint)
+        self.message_user(request, f"Enabled {enabled} endpoint(s); {held} held deliveries are being sent.")
+
+    @admin.action(description="Disable selected endpoints", permissions=["change"])
+    def disable(self, request, queryset):
+        now, reason = timezone.now(), f"disabled by {request.user.get_username()}"
+        active = self._selected(queryset).filter(is_active=True)
+        count = active.update(is_active=False, disabled_at=now, disabled_reason=reason, updated_at=now)
+        self.message_user(
+            request, f"Disabled {count} endpoint(s). New deliveries are held until they are enabled again."
+        )
+
+    @admin.action(description="Rotate secret (the new one is shown once)", permissions=["change"])
+    def rotate_secret(self, request, queryset):
+        for endpoint in self._selected(queryset):
+            secret = endpoint.rotate_secret()
+            self.message_user(
+                request,
+                f"New secret for {endpoint.url}: {secret} — copy it now, it will not be shown again. The previous "
+                f"secret also signs until {endpoint.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Recover failed deliveries (last 24 h)", permissions=["change"])
+    def recover_failed_deliveries(self, request, queryset):
+        since = timezone.now() - datetime.timedelta(hours=24)
+        total = 0
+        for endpoint in self._selected(queryset):
+            count = recover_endpoint(endpoint, since=since)
+            total += count
+            if count and not endpoint.is_active:
+                self.message_user(
+                    request,
+                    f"{endpoint.url} is disabled: its {count} recovered deliveries wait until it is enabled.",
+                    messages.WARNING,
+                )
+        self.message_user(
+            request, f"Retrying {total} failed or dead deliver{pluralize(total, 'y,ies')} from the last 24 h."
+        )
+
+
+def _test_result(endpoint: Endpoint, delivery: Delivery, attempt: Attempt | None, waited: float):
+    """The message for one test send: (text, level)."""
+    link = reverse("admin:deliveries_delivery_change", args=[delivery.pk])
+    if attempt is None:
+        text = format_html(
+            'Test event to {} queued (<a href="{}">delivery {}</a>); no attempt within {} s: is a worker running?',
+            endpoint.url,
+            link,
+            delivery.pk,
+            f"{waited:.0f}",
+        )
+        return text, messages.WARNING
+    if attempt.status_code is None:
+        text = format_html(
+            'Test event to {} failed after {} ms: {} (<a href="{}">delivery {}</a>, retried automatically).',
+            endpoint.url,
+            attempt.duration_ms,
+            attempt.error,
+            link,
+            delivery.pk,
+        )
+        return text, messages.ERROR
+    ok = 200 <= attempt.status_code < 300
+    excerpt = "" if ok or not attempt.response_body else f" Response: {Truncator(attempt.response_body).chars(120)}"
+    text = format_html(
+        'Test event to {}: HTTP {} in {} ms (<a href="{}">delivery {}</a>).{}',
+        endpoint.url,
+        attempt.status_code,
+        attempt.duration_ms,
+        link,
+        delivery.pk,
+        excerpt,
+    )
+    return text, messages.SUCCESS if ok else messages.WARNING
