@@ -6,8 +6,18 @@ at once (one endpoint query, one bulk INSERT), in one transaction that also mark
 fanned out: a crash before commit leaves them for the sweeper, after commit they are never
 fanned out twice (rows are locked with SKIP LOCKED, so two workers split a batch). The new
 deliveries are created already leased to this worker for their first attempt.
+
+Batching matters: a batch of ten events costs a third of the CPU per delivery of ten batches
+of one (the fixed round trips of two transactions). Messages usually carry one event, so
+when the worker finds a backlog (events waiting longer than WEBHOOK_BACKLOG_AFTER seconds)
+it takes the oldest waiting events along, up to WEBHOOK_FANOUT_BATCH. Their own messages
+then find nothing to do, cheaply. Without a backlog nothing changes: each event is handled by
+its own message, at once.
 """
 
+import datetime
+
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -17,14 +27,21 @@ from .attempts import new_lease, relaxed_commit
 from .models import Delivery, Event
 
 
-def fan_out(event_ids: list[str]) -> list[Delivery]:
-    """Create the deliveries of the given events not yet fanned out; return them, leased to the
-    caller, with `event` and `endpoint` loaded, ready for `attempts.send_claimed`."""
+def fan_out(event_ids: list[str], *, take_backlog: bool = False) -> list[Delivery]:
+    """Create the deliveries of the given events not yet fanned out (and, with `take_backlog`,
+    of the oldest events waiting too long); return them, leased to the caller, with `event`
+    and `endpoint` loaded, ready for `attempts.send_claimed`."""
+    waiting = Event.objects.filter(fanned_out_at__isnull=True)
+    if not take_backlog and not waiting.filter(pk__in=event_ids).exists():
+        return []  # a duplicate message, or one whose events a backlog batch took: no transaction
     with transaction.atomic():
         relaxed_commit()
-        events = list(
-            Event.objects.select_for_update(skip_locked=True).filter(pk__in=event_ids, fanned_out_at__isnull=True)
-        )
+        locked = waiting.select_for_update(skip_locked=True)
+        events = list(locked.filter(pk__in=event_ids))
+        room = settings.WEBHOOK_FANOUT_BATCH - len(events)
+        if take_backlog and room > 0:
+            overdue = timezone.now() - datetime.timedelta(seconds=settings.WEBHOOK_BACKLOG_AFTER)
+            events += locked.filter(created_at__lte=overdue).exclude(pk__in=event_ids).order_by("created_at")[:room]
         if not events:
             return []
         now = timezone.now()

@@ -27,7 +27,7 @@ class RetryableFailure(Exception):
 
 @shared_task(ignore_result=True)
 def deliver_events(event_ids: list[str]) -> None:
-    _continue_failures(attempts.send_claimed(fanout.fan_out(event_ids)))
+    _continue_failures(attempts.send_claimed(fanout.fan_out(event_ids, take_backlog=True)))
 
 
 @shared_task(ignore_result=True)
