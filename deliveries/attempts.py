@@ -23,8 +23,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from webhooks import signing
-from webhooks.models import Endpoint
+from webhooks import health, signing
 
 from . import signals, transport
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus
@@ -198,16 +197,19 @@ def _record(deliveries, requests, responses, now) -> list[Outcome]:
             gone_endpoints.add(delivery.endpoint_id)
         outcomes.append(outcome)
         _log(delivery, request, response, outcome)
+    succeeded = {d.endpoint_id for d in deliveries if d.kind == DeliveryKind.ENDPOINT and d.status == "succeeded"}
+    failed = {d.endpoint_id for d in deliveries if d.kind == DeliveryKind.ENDPOINT and d.status != "succeeded"}
     with transaction.atomic():  # one commit for the whole batch's log
         relaxed_commit()
         Attempt.objects.bulk_create(attempts)
         _save_outcomes(deliveries)
+        disabled = health.record_attempts(succeeded, failed, now)
         if gone_endpoints:
-            Endpoint.objects.filter(pk__in=gone_endpoints).update(
-                is_active=False, disabled_at=now, disabled_reason="the endpoint answered 410 Gone"
-            )
+            health.mark_gone(gone_endpoints, now)
     if gone_endpoints:
-        logger.warning("endpoints %s answered 410 Gone: deactivated", sorted(gone_endpoints))
+        logger.warning("endpoints %s answered 410 Gone: disabled", sorted(gone_endpoints))
+    if disabled:
+        logger.warning("endpoints %s failed for %s hours: disabled", disabled, settings.WEBHOOK_DISABLE_AFTER_HOURS)
     for delivery, attempt_row in zip(deliveries, attempts, strict=True):
         if delivery.kind in (DeliveryKind.RUN_CALLBACK, DeliveryKind.JOB_CALLBACK):
             signals.callback_attempted.send(sender=Delivery, delivery=delivery, attempt=attempt_row)

@@ -95,6 +95,10 @@ try:
     DATABASES = {"default": _env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 except Exception as exc:  # environ raises several types for a malformed URL
     raise ImproperlyConfigured(f"DATABASE_URL: invalid value ({exc})") from exc
+if DATABASES["default"]["ENGINE"] not in set(environ.Env.DB_SCHEMES.values()):
+    raise ImproperlyConfigured(
+        f"DATABASE_URL: unknown database scheme {DATABASES['default']['ENGINE']!r} (use postgres:// or sqlite:///)"
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and beat share one file: WAL and a busy timeout keep them from tripping
     # over each other's write locks.
@@ -190,6 +194,9 @@ WEBHOOK_BACKLOG_AFTER = env_positive("WEBHOOK_BACKLOG_AFTER", "float", 0.25)
 # (broker down at publish time, lost message, killed worker); it runs every SWEEP_INTERVAL.
 WEBHOOK_SWEEP_INTERVAL = env_positive("WEBHOOK_SWEEP_INTERVAL", "float", 30.0, minimum=0.1)
 WEBHOOK_SWEEP_GRACE = env_positive("WEBHOOK_SWEEP_GRACE", "float", 60.0)
+# An endpoint whose every attempt has failed for this long is disabled (its deliveries are
+# held until it is enabled again). Svix uses 5 days.
+WEBHOOK_DISABLE_AFTER_HOURS = env_positive("WEBHOOK_DISABLE_AFTER_HOURS", "float", 120.0, minimum=0.001)
 # Attempt rows older than this many days are purged daily; 0 keeps them forever.
 WEBHOOK_ATTEMPT_RETENTION_DAYS = env_positive("WEBHOOK_ATTEMPT_RETENTION_DAYS", "int", 30)
 

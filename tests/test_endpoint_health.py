@@ -1,0 +1,65 @@
+"""An endpoint that keeps failing is disabled after the window, its deliveries held, and
+enabling it sends them. (The worker's attempt code runs in this process here, so the window
+can be set per test; the resumed deliveries go through the real worker.)"""
+
+import datetime
+
+from django.utils import timezone
+
+from deliveries import attempts, recovery
+from deliveries.events import publish
+from deliveries.fanout import fan_out
+from deliveries.models import Delivery
+from tests.support import wait_until
+from webhooks.models import Endpoint
+
+
+def record_event(org):
+    """An event fanned out here (not by the worker), so this test makes the attempts."""
+    event = publish("agent.custom.thing", organization=org, data={"n": 1})
+    return fan_out([event.pk])
+
+
+def test_failing_endpoint_is_disabled_after_the_window_and_resumed_by_enabling(live, org, make_endpoint, settings):
+    settings.WEBHOOK_DISABLE_AFTER_HOURS = 1
+    endpoint = make_endpoint("/down")
+    live.script("/down", [503, 503])
+    # Failing for two hours already (every attempt since then failed).
+    Endpoint.objects.filter(pk=endpoint.pk).update(failing_since=timezone.now() - datetime.timedelta(hours=2))
+
+    (delivery,) = record_event(org)
+    (outcome,) = attempts.send_claimed([delivery])
+    assert outcome.status == "pending"  # a retry is due; the delivery is not dropped
+    endpoint.refresh_from_db()
+    assert endpoint.is_active is False
+    assert endpoint.disabled_at is not None
+    assert endpoint.disabled_reason == "every attempt failed for 1 hours"
+
+    # Its retry comes while it is disabled: held, nothing sent.
+    assert attempts.attempt([delivery.pk], expected_attempt_count=1)[0].held
+    assert len(live.received("/down")) == 1
+    delivery.refresh_from_db()
+    assert delivery.status == "pending" and delivery.next_attempt_at is None
+
+    assert recovery.resume_endpoint(endpoint) == 1
+    live.wait_for(2, path="/down")  # the held delivery, sent by the worker
+    wait_until(lambda: Delivery.objects.get(pk=delivery.pk).attempt_count == 2, message="second attempt logged")
+    endpoint.refresh_from_db()
+    assert endpoint.is_active and endpoint.disabled_at is None and endpoint.failing_since is not None
+
+
+def test_a_success_resets_the_failure_clock(live, org, make_endpoint, settings):
+    settings.WEBHOOK_DISABLE_AFTER_HOURS = 1
+    endpoint = make_endpoint("/flaky")
+    Endpoint.objects.filter(pk=endpoint.pk).update(failing_since=timezone.now() - datetime.timedelta(minutes=50))
+    attempts.send_claimed(record_event(org))  # answers 200
+    endpoint.refresh_from_db()
+    assert endpoint.is_active and endpoint.failing_since is None
+
+
+def test_first_failure_starts_the_clock_without_disabling(live, org, make_endpoint, settings):
+    endpoint = make_endpoint("/first")
+    live.script("/first", [500])
+    attempts.send_claimed(record_event(org))
+    endpoint.refresh_from_db()
+    assert endpoint.is_active and endpoint.failing_since is not None
