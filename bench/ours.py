@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -79,9 +80,15 @@ class Worker:
             "-c", str(concurrency), "-Q", ENV["CELERY_QUEUE"], "-l", "warning",
             "--without-mingle", "--without-gossip", "-n", f"bench-{os.getpid()}@%h",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(extra_env or {})}, stdout=self.log,
-                                     stderr=subprocess.STDOUT)  # fmt: skip
-        time.sleep(3)  # worker boot; messages published meanwhile simply wait in Redis
+        ready = BENCH / "var" / f"ours-worker-{os.getpid()}.ready"
+        ready.unlink(missing_ok=True)
+        env = {**os.environ, **(extra_env or {}), "CELERY_READY_FILE": str(ready)}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start; see {log}")
+            time.sleep(0.05)
 
     def _pids(self) -> list[int]:
         pids = []
@@ -162,6 +169,24 @@ def complete_steps(agent, n: int, rate: float | None = None, deadline: float = 3
     return durations
 
 
+def complete_steps_concurrently(agent, n: int, agents: int) -> None:
+    """`agents` threads finishing n steps between them, as several agent processes would (each
+    thread has its own database connection; the saves mostly wait on PostgreSQL)."""
+    from django.db import connection
+
+    def one(count: int) -> None:
+        try:
+            complete_steps(agent, count)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(n // agents + (i < n % agents),)) for i in range(agents)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def wait_delivered(port: int, n: int, timeout: float) -> dict:
     return harness.wait_for_requests(port, n, timeout, interval=0.05)
 
@@ -178,22 +203,23 @@ def throughput(args) -> dict:
         reset_data()
         agent = make_org(args.endpoints, port, secret)
         worker = Worker(args.workers, extra_env=args.worker_env) if args.mode == "live" else None
+        cpu0 = worker.cpu_seconds() if worker else 0.0
         try:
             t0 = time.time()
-            complete_steps(agent, args.n)
+            complete_steps_concurrently(agent, args.n, args.agents)
             saved = time.time()
             if worker is None:
                 from deliveries import enqueue
 
                 enqueue.flush(30)
                 worker = Worker(args.workers, extra_env=args.worker_env)
-            cpu0 = worker.cpu_seconds()
             stats = wait_delivered(port, total, timeout=args.timeout)
             rss = worker.rss_mb()
             cpu = worker.cpu_seconds() - cpu0
         finally:
             worker.stop()
         done = stats["last"] or time.time()
+        publish_seconds = saved - t0
         if args.mode == "drain":
             t0 = stats["first"] or t0
         return {
@@ -204,7 +230,7 @@ def throughput(args) -> dict:
             "failed_signatures": stats["failed"],
             "succeeded_rows": Delivery.objects.filter(status="succeeded").count(),
             "attempt_rows": Attempt.objects.count(),
-            "publish_seconds": round(saved - t0, 2),
+            "publish_seconds": round(publish_seconds, 2),
             "deliveries_per_s": round(stats["requests"] / (done - t0), 1),
             "worker_rss_mb": rss,
             "worker_cpu_ms_per_delivery": round(cpu * 1000 / max(1, stats["requests"]), 3),
@@ -251,19 +277,72 @@ def overhead(args) -> dict:
     }
 
 
+def latency(args) -> dict:
+    """Steps completed at a steady rate (default 200/s) for a while, one endpoint: time from the
+    event's creation (inside the save) to its arrival at the receiver."""
+    from deliveries.models import Event
+
+    secret = harness.new_standard_secret()
+    with harness.receiver({"*": secret}) as port:
+        reset_data()
+        agent = make_org(1, port, secret)
+        worker = Worker(args.workers)
+        try:
+            n = int(args.rate * args.seconds)
+            complete_steps(agent, n, rate=args.rate)
+            stats = wait_delivered(port, n, timeout=args.timeout)
+            records = harness.records(port)
+        finally:
+            worker.stop()
+        sent = {pk: created.timestamp() for pk, created in Event.objects.values_list("pk", "created_at")}
+        return {
+            "scenario": "latency",
+            "rate_per_s": args.rate,
+            "events": n,
+            "received": stats["requests"],
+            "latency": harness.latencies(records, sent),
+        }
+
+
+def fanout(args) -> dict:
+    """One event to N endpoints (default 500): time from the save to the last arrival."""
+    secret = harness.new_standard_secret()
+    with harness.receiver({"*": secret}) as port:
+        reset_data()
+        agent = make_org(args.endpoints, port, secret)
+        worker = Worker(args.workers)
+        try:
+            t0 = time.time()
+            complete_steps(agent, 1)
+            stats = wait_delivered(port, args.endpoints, timeout=args.timeout)
+        finally:
+            worker.stop()
+        return {
+            "scenario": "fanout",
+            "endpoints": args.endpoints,
+            "received": stats["requests"],
+            "verified": stats["verified"],
+            "seconds_to_all": round((stats["last"] or time.time()) - t0, 3),
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["throughput", "overhead"])
+    parser.add_argument("scenario", choices=["throughput", "overhead", "latency", "fanout"])
+    parser.add_argument("--rate", type=float, default=200, help="events per second (latency)")
+    parser.add_argument("--seconds", type=float, default=10, help="duration (latency)")
     parser.add_argument("--saves", type=int, default=2000, help="saves of each kind (overhead)")
     parser.add_argument("-n", type=int, default=2000, help="events")
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (prefork children)")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--mode", choices=["live", "drain"], default="live")
+    parser.add_argument("--agents", type=int, default=4, help="concurrent publishing threads (throughput)")
     args = parser.parse_args()
     args.worker_env = {}
     setup_django()
-    result = {"throughput": throughput, "overhead": overhead}[args.scenario](args)
+    scenarios = {"throughput": throughput, "overhead": overhead, "latency": latency, "fanout": fanout}
+    result = scenarios[args.scenario](args)
     result["loadavg"] = os.getloadavg()
     print(json.dumps(result))
 

@@ -89,7 +89,8 @@ def send_claimed(claimed: list[Delivery]) -> list[Outcome]:
 
 def new_lease() -> tuple[str, datetime.datetime]:
     """A lease token and its expiry: long enough for the slowest attempt, then some."""
-    seconds = settings.WEBHOOK_CONNECT_TIMEOUT + max(settings.WEBHOOK_TIMEOUT, settings.STEP_COMPLETE_TIMEOUT) + 30
+    longest = settings.WEBHOOK_CONNECT_TIMEOUT + max(settings.WEBHOOK_TIMEOUT, settings.STEP_COMPLETE_TIMEOUT)
+    seconds = longest + settings.WEBHOOK_LEASE_MARGIN
     return uuid.uuid4().hex, timezone.now() + datetime.timedelta(seconds=seconds)
 
 

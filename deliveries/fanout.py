@@ -9,10 +9,12 @@ deliveries are created already leased to this worker for their first attempt.
 
 Batching matters: a batch of ten events costs a third of the CPU per delivery of ten batches
 of one (the fixed round trips of two transactions). Messages usually carry one event, so
-when the worker finds a backlog (events waiting longer than WEBHOOK_BACKLOG_AFTER seconds)
-it takes the oldest waiting events along, up to WEBHOOK_FANOUT_BATCH. Their own messages
-then find nothing to do, cheaply. Without a backlog nothing changes: each event is handled by
-its own message, at once.
+the worker takes the oldest other events waiting for fan-out along (those that waited at
+least WEBHOOK_BACKLOG_AFTER seconds, default 0), up to WEBHOOK_FANOUT_BATCH. Their own
+messages then find nothing to do, after one indexed SELECT. Under light load there is
+nothing else waiting and each event goes alone, at once; under heavy load batches grow by
+themselves, which is what keeps latency flat (measured: at 200 events/s, p50 from 278 ms
+with a 0.25 s threshold to ~45 ms with none).
 """
 
 import datetime

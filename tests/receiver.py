@@ -43,11 +43,11 @@ class Receiver:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
                 reply = owner._next_reply(self.path)
-                if reply.delay:
-                    time.sleep(reply.delay)
-                with owner._arrived:
+                with owner._arrived:  # recorded on arrival, before any scripted delay
                     owner.requests.append(Received(self.path, dict(self.headers.items()), body, time.time()))
                     owner._arrived.notify_all()
+                if reply.delay:
+                    time.sleep(reply.delay)
                 self.send_response(reply.status)
                 for k, v in reply.headers.items():
                     self.send_header(k, v)

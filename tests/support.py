@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -47,7 +48,9 @@ class Worker:
             "-l", "info", "-Q", env["CELERY_QUEUE"], "-n", self.name, "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.wait_log(r"ready\.", timeout=60)
 
     def log(self) -> str:
@@ -62,11 +65,21 @@ class Worker:
         return wait_until(found, timeout, message=f"worker log to show {pattern!r}")
 
     def stop(self, sig_kill: bool = False) -> None:
+        """SIGTERM (warm shutdown) or SIGKILL the worker and everything it started (embedded
+        beat, pool processes): its own process group."""
         if self.proc.poll() is None:
-            self.proc.kill() if sig_kill else self.proc.terminate()
+            self._signal_group(signal.SIGKILL if sig_kill else signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(5)
-        self._log.close()
+        self._signal_group(signal.SIGKILL)  # stragglers, if the leader went first
+        if not self._log.closed:
+            self._log.close()
+
+    def _signal_group(self, sig) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass

@@ -186,10 +186,13 @@ WEBHOOK_RESPONSE_BODY_LIMIT = env_positive("WEBHOOK_RESPONSE_BODY_LIMIT", "int",
 WEBHOOK_HTTP_CONCURRENCY = env_positive("WEBHOOK_HTTP_CONCURRENCY", "int", 32, minimum=1)
 # Deliveries handed to the broker in one message (first attempts are sent as a batch).
 WEBHOOK_BATCH_SIZE = env_positive("WEBHOOK_BATCH_SIZE", "int", 50, minimum=1)
-# Events fanned out together when a worker finds a backlog (events that waited longer than
-# WEBHOOK_BACKLOG_AFTER seconds): batching cuts the worker's cost per delivery (fanout.py).
+# A worker holds a delivery for the longest possible attempt plus this margin (seconds); if it
+# dies meanwhile, the delivery is free for the sweeper once the lease runs out.
+WEBHOOK_LEASE_MARGIN = env_positive("WEBHOOK_LEASE_MARGIN", "float", 30.0)
+# A worker fans out up to FANOUT_BATCH waiting events together (those that waited at least
+# BACKLOG_AFTER seconds): batching cuts the worker's cost per delivery (fanout.py).
 WEBHOOK_FANOUT_BATCH = env_positive("WEBHOOK_FANOUT_BATCH", "int", 20, minimum=1)
-WEBHOOK_BACKLOG_AFTER = env_positive("WEBHOOK_BACKLOG_AFTER", "float", 0.25)
+WEBHOOK_BACKLOG_AFTER = env_positive("WEBHOOK_BACKLOG_AFTER", "float", 0.0)
 # The sweeper re-enqueues pending deliveries overdue by more than SWEEP_GRACE seconds
 # (broker down at publish time, lost message, killed worker); it runs every SWEEP_INTERVAL.
 WEBHOOK_SWEEP_INTERVAL = env_positive("WEBHOOK_SWEEP_INTERVAL", "float", 30.0, minimum=0.1)
