@@ -71,7 +71,13 @@ class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
 
 
 class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
-    queryset = Delivery.objects.select_related("event", "endpoint").order_by("-created_at", "-pk")
+    # STEP_COMPLETE_WEBHOOK deliveries go to the operator's URL, not the organization's: the
+    # admin shows them, the organization's API does not.
+    queryset = (
+        Delivery.objects.exclude(kind=DeliveryKind.STEP_COMPLETE)
+        .select_related("event", "endpoint")
+        .order_by("-created_at", "-pk")
+    )
     serializer_class = s.DeliverySerializer
     organization_field = "event__organization"
     filterset_class = DeliveryFilter

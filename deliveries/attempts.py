@@ -24,6 +24,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from webhooks import health, signing
+from webhooks.models import redact_headers
 
 from . import signals, transport
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus
@@ -31,7 +32,6 @@ from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
-SENSITIVE_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "key", "password")
 
 
 @dataclass(slots=True)
@@ -76,27 +76,34 @@ def send_claimed(claimed: list[Delivery]) -> list[Outcome]:
     now = timezone.now()
     timestamp = int(now.timestamp())
     keys: dict[str, list[bytes]] = {}
-    held = [d for d in claimed if d.kind == DeliveryKind.ENDPOINT and not d.endpoint.is_active]
-    sendable = [d for d in claimed if not (d.kind == DeliveryKind.ENDPOINT and not d.endpoint.is_active)]
+    held, sendable = [], []
+    for d in claimed:
+        (held if d.kind == DeliveryKind.ENDPOINT and not d.endpoint.is_active else sendable).append(d)
     requests = [_request(d, timestamp, keys) for d in sendable]
     responses = _post_all(requests)
     outcomes = _record(sendable, requests, responses, now)
-    if held:
-        Delivery.objects.filter(pk__in=[d.pk for d in held]).update(lease=None, locked_until=None, next_attempt_at=None)
+    if held:  # kept for when the endpoint is enabled again (recovery.resume_endpoint, sweeper)
+        Delivery.objects.filter(pk__in=[d.pk for d in held], lease=held[0].lease).update(
+            lease=None, locked_until=None, next_attempt_at=None
+        )
         outcomes += [Outcome(d.pk, DeliveryStatus.PENDING, held=True) for d in held]
     return outcomes
 
 
-def new_lease() -> tuple[str, datetime.datetime]:
-    """A lease token and its expiry: long enough for the slowest attempt, then some."""
+def new_lease(count: int = 1) -> tuple[str, datetime.datetime]:
+    """A lease token and its expiry for a batch of `count` deliveries: long enough for every
+    one of them to take the slowest possible attempt, `WEBHOOK_HTTP_CONCURRENCY` at a time,
+    plus a margin. (A lease that ran out mid-batch would let the sweeper hand the rest to
+    another worker; outcome writes check the lease, but the POST would be sent twice.)"""
     longest = settings.WEBHOOK_CONNECT_TIMEOUT + max(settings.WEBHOOK_TIMEOUT, settings.STEP_COMPLETE_TIMEOUT)
-    seconds = longest + settings.WEBHOOK_LEASE_MARGIN
+    rounds = -(-max(count, 1) // settings.WEBHOOK_HTTP_CONCURRENCY)
+    seconds = rounds * longest + settings.WEBHOOK_LEASE_MARGIN
     return uuid.uuid4().hex, timezone.now() + datetime.timedelta(seconds=seconds)
 
 
 def _claim(delivery_ids: list[int], expected_attempt_count: int | None) -> list[Delivery]:
     now = timezone.now()
-    lease, locked_until = new_lease()
+    lease, locked_until = new_lease(len(delivery_ids))
     claimable = Delivery.objects.filter(pk__in=delivery_ids, status=DeliveryStatus.PENDING).filter(
         Q(locked_until__isnull=True) | Q(locked_until__lt=now)
     )
@@ -115,9 +122,18 @@ class _Request:
     body: bytes
     headers: dict[str, str]
     timeout: float
+    error: str = ""  # set when the request could not be built: nothing is sent
 
 
 def _request(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> _Request:
+    try:
+        return _build_request(delivery, timestamp, keys)
+    except Exception as exc:  # e.g. a secret encrypted with a key no longer configured
+        logger.exception("delivery %s: cannot build its request", delivery.pk)
+        return _Request(delivery.target_url, b"", {}, 0, error=f"cannot build the request: {type(exc).__name__}")
+
+
+def _build_request(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> _Request:
     event = delivery.event
     headers = {
         "Content-Type": "application/json",
@@ -157,6 +173,8 @@ def _post_all(requests: list[_Request]) -> list[transport.Response]:
     global _executor, _executor_pid
 
     def send(r: _Request) -> transport.Response:
+        if r.error:
+            return transport.Response(None, 0, error=r.error)
         return transport.post(
             r.url, r.body, r.headers, timeout=r.timeout, connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT
         )
@@ -173,6 +191,7 @@ def _post_all(requests: list[_Request]) -> list[transport.Response]:
 
 def _record(deliveries, requests, responses, now) -> list[Outcome]:
     attempts, outcomes, gone_endpoints = [], [], set()
+    leases = [d.lease for d in deliveries]
     for delivery, request, response in zip(deliveries, requests, responses, strict=True):
         delivery.attempt_count += 1
         attempts.append(
@@ -203,7 +222,7 @@ def _record(deliveries, requests, responses, now) -> list[Outcome]:
     with transaction.atomic():  # one commit for the whole batch's log
         relaxed_commit()
         Attempt.objects.bulk_create(attempts)
-        _save_outcomes(deliveries)
+        _save_outcomes(deliveries, leases)
         disabled = health.record_attempts(succeeded, failed, now)
         if gone_endpoints:
             health.mark_gone(gone_endpoints, now)
@@ -231,16 +250,26 @@ def relaxed_commit() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
-def _save_outcomes(deliveries: list[Delivery]) -> None:
+def _save_outcomes(deliveries: list[Delivery], leases: list[str | None]) -> None:
     """Write the deliveries' new state: one UPDATE per distinct set of values, so a batch that
     all succeeded (the usual case) is one statement. (Django's bulk_update builds a CASE per
     row and field, and cost more than the HTTP requests themselves.)"""
     groups: dict[tuple, list[int]] = {}
-    for d in deliveries:
-        values = (d.status, d.next_attempt_at, d.last_attempt_at, d.last_status_code, d.last_error, d.finished_at)
+    for d, lease in zip(deliveries, leases, strict=True):
+        values = (
+            lease,
+            d.status,
+            d.next_attempt_at,
+            d.last_attempt_at,
+            d.last_status_code,
+            d.last_error,
+            d.finished_at,
+        )
         groups.setdefault(values, []).append(d.pk)
-    for (status, next_at, last_at, code, error, finished), ids in groups.items():
-        Delivery.objects.filter(pk__in=ids).update(
+    for (lease, status, next_at, last_at, code, error, finished), ids in groups.items():
+        # Only rows still leased to us: had the lease run out and another worker taken one,
+        # its outcome is that worker's to write.
+        Delivery.objects.filter(pk__in=ids, lease=lease).update(
             status=status,
             attempt_count=F("attempt_count") + 1,
             next_attempt_at=next_at,
@@ -279,10 +308,7 @@ def _judge(delivery: Delivery, response: transport.Response, now) -> Outcome:
 
 
 def _redacted(headers: dict[str, str]) -> dict[str, str]:
-    return {
-        k: ("[redacted]" if any(w in k.lower() for w in SENSITIVE_HEADER_WORDS) and "signature" not in k.lower() else v)
-        for k, v in headers.items()
-    }
+    return redact_headers(headers)
 
 
 def _log(delivery, request, response, outcome) -> None:

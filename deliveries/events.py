@@ -70,10 +70,10 @@ def publish(
     now = timezone.now()
     event = Event(type=event_type, organization_id=organization_id, agent_id=agent_id, dedupe_key=dedupe_key)
     event.created_at = now
-    event.targets = [{"kind": t.kind, "url": t.url, "body": dumps(t.body)} for t in targets]
-    if endpoint is not None:
-        event.targets.append({"endpoint": getattr(endpoint, "pk", endpoint)})
     try:
+        event.targets = [{"kind": t.kind, "url": t.url, "body": dumps(t.body)} for t in targets]
+        if endpoint is not None:
+            event.targets.append({"endpoint": getattr(endpoint, "pk", endpoint)})
         event.body = dumps(
             {
                 "event_id": event.id,

@@ -31,6 +31,7 @@ def sweep_due() -> int:
 
     started = time.monotonic()
     total = 0
+    _release_held(timezone.now())
     while time.monotonic() - started < SWEEP_TIME_BUDGET:
         now = timezone.now()
         overdue = now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE)
@@ -85,6 +86,27 @@ def sweep_due() -> int:
     if total:
         logger.info("sweep: re-enqueued %d stranded events and overdue deliveries", total)
     return total
+
+
+def _release_held(now) -> None:
+    """Deliveries held while their endpoint was disabled, whose endpoint is active again, are
+    made due. (resume_endpoint normally sends them; this catches a worker that held one just
+    as the endpoint was re-enabled.) Single-table statements only: nothing here waits on two
+    tables' locks at once."""
+    free = Q(locked_until__isnull=True) | Q(locked_until__lt=now)
+    held = list(
+        Delivery.objects.filter(free, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+        .exclude(endpoint__isnull=True)
+        .values_list("pk", "endpoint_id")[:SWEEP_CHUNK]
+    )
+    if not held:
+        return
+    from webhooks.models import Endpoint
+
+    active = set(Endpoint.objects.filter(pk__in={e for _, e in held}, is_active=True).values_list("pk", flat=True))
+    Delivery.objects.filter(pk__in=[pk for pk, e in held if e in active], next_attempt_at__isnull=True).update(
+        next_attempt_at=now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE)
+    )
 
 
 def purge_attempts() -> int:

@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 
@@ -138,8 +138,19 @@ def _addresses(host: str, port: int) -> list[str]:
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, connect_timeout: float) -> Response:
-    """POST `body` to `url`; whatever happens, return a Response within `timeout` seconds."""
+    """POST `body` to `url`; whatever happens, return a Response within `timeout` seconds.
+
+    Never raises: a batch's outcomes are recorded together, so one odd answer must not cost
+    the log of the others.
+    """
     started = time.monotonic()
+    try:
+        return _post(url, body, headers, timeout, connect_timeout, started)
+    except Exception as exc:  # a parser case not foreseen: still an answerless attempt
+        return Response(None, int((time.monotonic() - started) * 1000), error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _post(url, body, headers, timeout, connect_timeout, started) -> Response:
     deadline = started + timeout
 
     def elapsed_ms() -> int:
@@ -155,7 +166,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, conn
         return Response(None, elapsed_ms(), error=f"refused: {exc}", refused=True)
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    request = _encode(target, parts.netloc, headers, body)
+    host_header = parts.netloc if parts.netloc.isascii() else _idna(host) + (f":{parts.port}" if parts.port else "")
+    request = _encode(quote(target, safe="/?&=%:@!$'()*+,;~-._"), host_header, headers, body)
     key = (scheme, address, port, host)
     state = _process()
     for reused in (True, False):
@@ -189,9 +201,18 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, conn
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _idna(host: str) -> str:
+    return host.encode("idna").decode("ascii")
+
+
 def _encode(target: str, host_header: str, headers: dict[str, str], body: bytes) -> bytes:
     lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() not in ("host", "content-length")]
+    lines += [
+        f"{name}: {value}"
+        for name, value in headers.items()
+        # CR/LF would let a header value start a header (or a request) of its own.
+        if name.lower() not in ("host", "content-length") and not any(c in f"{name}{value}" for c in "\r\n\0")
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
 
 
@@ -252,11 +273,12 @@ def _exchange(conn: _Connection, request: bytes, deadline: float) -> tuple[int, 
         body, complete = b"", True
     elif "chunked" in headers.get("transfer-encoding", "").lower():
         body, complete = _read_chunked(conn, rest, limit, deadline)
-    elif headers.get("content-length", "").isdigit():
+    elif _is_number(headers.get("content-length", "")):
         body, complete = _read_length(conn, rest, int(headers["content-length"]), limit, deadline)
     else:  # the body runs to the end of the connection
         body, complete = _read_to_close(conn, rest, limit, deadline), False
-    return status, headers, body.decode("utf-8", "replace"), keep and complete
+    # Bytes beyond this answer mean the receiver and we disagree on framing: do not reuse.
+    return status, headers, body.decode("utf-8", "replace"), keep and complete and not conn.buffer
 
 
 def _read_head(conn: _Connection, deadline: float) -> tuple[int, str, dict, bytes]:
@@ -324,12 +346,16 @@ def _read_to_close(conn, data: bytes, limit: int, deadline: float) -> bytes:
     return data[:limit]
 
 
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # "²".isdigit() is True, int("²") fails
+
+
 def _retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _is_number(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

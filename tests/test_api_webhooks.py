@@ -366,3 +366,21 @@ def test_event_types_catalog(api):
     assert types["agent.step.completed"]["example"]["status"] == "success"
     assert all(t["description"] for t in types.values())
     assert APIClient().get("/api/v1/event-types/").status_code == 401
+
+
+def test_credential_headers_are_never_shown_back(api):
+    created = api.post(
+        "/api/v1/webhooks/",
+        {"url": PUBLIC, "headers": {"Authorization": "Bearer s3cret", "X-Team": "a"}},
+        format="json",
+    )
+    assert created.status_code == 201
+    listed = api.get("/api/v1/webhooks/").json()["results"][0]
+    assert listed["headers"] == {"Authorization": "[redacted]", "X-Team": "a"}
+    assert "s3cret" not in str(created.json()) and "s3cret" not in str(listed)
+
+
+def test_test_send_to_a_disabled_endpoint_is_refused(api):
+    created = api.post("/api/v1/webhooks/", {"url": PUBLIC, "is_active": False}, format="json").json()
+    response = api.post(f"/api/v1/webhooks/{created['id']}/test/")
+    assert response.status_code == 409 and "disabled" in response.json()["detail"]

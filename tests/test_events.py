@@ -139,3 +139,13 @@ def test_deleting_an_agent_with_tools_succeeds_without_detach_events(agent, tool
     assert not Agent.objects.filter(pk=agent.pk).exists()
     assert events("agent.tool.detached") == []
     tool.delete()  # and deleting a tool still attached elsewhere is fine too
+
+
+def test_unserialisable_callback_metadata_does_not_break_the_run_save(agent, caplog):
+    run = Run.objects.create(agent=agent, callback_url="https://hooks.example.com/cb", metadata={"big": 2**70})
+    run.status = "completed"
+    with caplog.at_level(logging.ERROR, logger="deliveries"):
+        run.save()
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert events() == [] and "could not record event" in caplog.text

@@ -63,3 +63,21 @@ def test_a_stale_retry_message_does_not_jump_the_backoff(live, worker, agent, ma
     assert third.at - live.received()[1].at >= 1.9  # attempt 3 still waited for its backoff
     wait_until(lambda: Delivery.objects.filter(pk=delivery.pk, status="succeeded").exists(), message="success")
     assert Attempt.objects.filter(delivery=delivery).count() == 3
+
+
+def test_an_outcome_is_not_written_over_a_lease_another_worker_took(transactional_db, receiver, agent, make_endpoint):
+    """If a batch outlived its lease and another worker took a delivery over, the first
+    worker's late outcome does not overwrite it (its attempt is still logged)."""
+    from deliveries import attempts
+    from deliveries.events import publish
+    from deliveries.fanout import fan_out
+
+    receiver.reset()
+    make_endpoint("/lease")
+    event = publish("agent.custom.thing", organization=agent.organization_id, data={})
+    (delivery,) = fan_out([event.pk])
+    Delivery.objects.filter(pk=delivery.pk).update(lease="another-worker")
+    attempts.send_claimed([delivery])
+    row = Delivery.objects.get(pk=delivery.pk)
+    assert (row.lease, row.status, row.attempt_count) == ("another-worker", "pending", 0)
+    assert Attempt.objects.filter(delivery=delivery).count() == 1

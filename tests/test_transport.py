@@ -2,6 +2,7 @@
 the forms of response a real receiver may give, and keep-alive across them."""
 
 import email.utils
+import socket
 import time
 
 import pytest
@@ -48,6 +49,8 @@ def raw(settings):
         (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n", 202, ""),
         (b"HTTP/1.0 500 Oops\r\n\r\nbody until close", 500, "body until close"),
         (b"HTTP/1.1 204 No Content\r\n\r\n", 204, ""),
+        # "\xb2" is a digit to str.isdigit() but not to int(): read to the end instead.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\nRetry-After: \xb2\r\n\r\nok", 200, "ok"),
         (b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/\r\nContent-Length: 0\r\n\r\n", 302, ""),
     ],
 )
@@ -108,3 +111,31 @@ def test_body_over_the_limit_is_cut_and_the_connection_dropped(raw, settings):
     response = post(server)
     assert response.status_code == 200 and response.body == "x" * 10
     assert not any(transport._process().idle.get(k) for k in transport._process().idle if k[2] == server.port)
+
+
+def test_header_values_cannot_inject_headers(receiver, settings):
+    """Custom headers are checked by the API and admin; the transport refuses CR/LF anyway,
+    for a row written any other way."""
+    settings.WEBHOOK_ALLOWED_CIDRS = ["127.0.0.0/8"]
+    receiver.reset()
+    headers = {"X-Team": "a\r\nX-Injected: 1", "X-Fine": "yes"}
+    assert transport.post(receiver.url("/inj"), b"{}", headers, timeout=2, connect_timeout=2).status_code == 200
+    (request,) = receiver.wait_for(1, path="/inj")
+    assert "X-Injected" not in request.headers and "X-Team" not in request.headers
+    assert request.headers["X-Fine"] == "yes"
+
+
+def test_non_ascii_host_and_path_are_encoded(monkeypatch, receiver, settings):
+    settings.WEBHOOK_ALLOWED_CIDRS = ["127.0.0.0/8"]
+    receiver.reset()
+    real = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket, "getaddrinfo",
+        lambda host, port, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        if host == "bücher.example" else real(host, port, *a, **k),
+    )  # fmt: skip
+    transport._process().dns.clear()
+    url = f"http://bücher.example:{receiver.port}/é/x"
+    assert transport.post(url, b"{}", {}, timeout=2, connect_timeout=2).status_code == 200
+    (request,) = receiver.wait_for(1, path="/%C3%A9/x")
+    assert request.headers["Host"] == f"xn--bcher-kva.example:{receiver.port}"

@@ -48,6 +48,8 @@ class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
     def test(self, request, pk=None):
         """Send a `webhook.test` event through the normal pipeline; `?wait=` waits for its first attempt."""
         endpoint = self.get_object()
+        if not endpoint.is_active:
+            return Response({"detail": "the endpoint is disabled: enable it first"}, status=status.HTTP_409_CONFLICT)
         try:
             wait = serializers.FloatField(min_value=0, max_value=30).run_validation(request.query_params.get("wait", 0))
         except serializers.ValidationError as exc:

@@ -30,6 +30,21 @@ RESERVED_HEADERS = frozenset(
 )
 
 
+# Header names that suggest a credential: their values are never shown or logged.
+SENSITIVE_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "key", "password", "auth", "credential")
+SIGNATURE_HEADERS = frozenset({"webhook-signature", "x-letta-signature"})  # derived, not secret
+
+
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Headers as they may be shown (API, admin, attempt log): credential-like values hidden."""
+    return {
+        name: "[redacted]"
+        if name.lower() not in SIGNATURE_HEADERS and any(w in name.lower() for w in SENSITIVE_HEADER_WORDS)
+        else value
+        for name, value in headers.items()
+    }
+
+
 def new_endpoint_id() -> str:
     return "ep_" + secrets.token_hex(12)
 

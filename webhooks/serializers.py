@@ -9,7 +9,7 @@ from agents_hooks.models import Agent
 from agents_hooks.serializers import OrganizationObject, check_url
 
 from . import catalog
-from .models import RESERVED_HEADERS, Endpoint
+from .models import RESERVED_HEADERS, Endpoint, redact_headers
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
 MAX_HEADERS = 20
@@ -51,6 +51,11 @@ class EndpointSerializer(serializers.ModelSerializer):
             if any(c in header_value for c in "\r\n\0"):
                 raise serializers.ValidationError(f"the value of {name!r} contains a line break or NUL")
         return value
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["headers"] = redact_headers(data.get("headers") or {})  # a custom Authorization is a secret
+        return data
 
     def update(self, instance, validated_data):
         was_active = instance.is_active
