@@ -113,14 +113,14 @@ class Worker:
         return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
+        """Resident memory of the worker and its children."""
         total = 0
-        for status in Path("/proc").glob("*/status"):
+        for pid in self._pids():
             try:
-                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+                status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue
-            if int(fields["Pid"]) == self.proc.pid or int(fields.get("PPid", 0)) == self.proc.pid:
-                total += int(fields.get("VmRSS", "0 kB").split()[0])
+            total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
         return round(total / 1024, 1)
 
     def stop(self) -> None:

@@ -194,30 +194,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     actions = ["retry"]
     inlines = [AttemptInline]
-    fieldsets = [
-        (None, {"fields": ["event_link", "kind", "target", "status_"]}),
-        (
-            "Progress",
-            {
-                "fields": [
-                    "attempt_count",
-                    "series_start",
-                    "next_attempt_at",
-                    "last_attempt_at",
-                    "last_status_code",
-                    "last_error",
-                    "created_at",
-                    "finished_at",
-                ]
-            },
-        ),
-        ("Payload", {"fields": ["payload"], "classes": ["collapse"]}),
-    ]
-    readonly_fields = [
-        "event_link",
-        "kind",
-        "target",
-        "status_",
+    PROGRESS = [
         "attempt_count",
         "series_start",
         "next_attempt_at",
@@ -226,8 +203,13 @@ class DeliveryAdmin(ReadOnlyAdmin):
         "last_error",
         "created_at",
         "finished_at",
-        "payload",
     ]
+    fieldsets = [
+        (None, {"fields": ["event_link", "kind", "target", "status_"]}),
+        ("Progress", {"fields": PROGRESS}),
+        ("Payload", {"fields": ["payload"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = ["event_link", "kind", "target", "status_", *PROGRESS, "payload"]
 
     def get_queryset(self, request):
         # Bodies are up to WEBHOOK_MAX_PAYLOAD_BYTES each: a page of them is not loaded for a list.
