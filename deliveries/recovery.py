@@ -153,20 +153,10 @@ def resume_endpoint(endpoint) -> int:
     """Re-enable an endpoint and send the deliveries held while it was disabled, oldest first."""
     from webhooks.models import Endpoint
 
-    Endpoint.objects.filter(pk=endpoint.pk).update(
-        is_active=True, disabled_at=None, disabled_reason="", failing_since=None
-    )
+    Endpoint.objects.filter(pk=endpoint.pk).enable()
     endpoint.refresh_from_db()
-    held = list(
-        Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
-        .order_by("created_at", "pk")
-        .values_list("pk", flat=True)
-    )
-    Delivery.objects.filter(pk__in=held, next_attempt_at__isnull=True).update(
-        next_attempt_at=timezone.now(), series_start=F("attempt_count")
-    )
-    _submit(held)
-    return len(held)
+    held = Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+    return _restart(held.order_by("created_at", "pk"))
 
 
 def _restart(rows) -> int:

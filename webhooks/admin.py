@@ -164,9 +164,9 @@ class EndpointAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         resuming = change and "is_active" in form.changed_data and obj.is_active
-        if change and "is_active" in form.changed_data and not obj.is_active:
-            obj.disabled_at, obj.disabled_reason = timezone.now(), f"disabled by {request.user.get_username()}"
         super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data and not obj.is_active:
+            Endpoint.objects.filter(pk=obj.pk).disable(f"disabled by {request.user.get_username()}")
         if resuming:
             held = resume_endpoint(obj)
             if held:
@@ -209,9 +209,8 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Disable selected endpoints", permissions=["change"])
     def disable(self, request, queryset):
-        now, reason = timezone.now(), f"disabled by {request.user.get_username()}"
-        active = self._selected(queryset).filter(is_active=True)
-        count = active.update(is_active=False, disabled_at=now, disabled_reason=reason, updated_at=now)
+        reason = f"disabled by {request.user.get_username()}"
+        count = self._selected(queryset).filter(is_active=True).disable(reason)
         self.message_user(
             request, f"Disabled {count} endpoint(s). New deliveries are held until they are enabled again."
         )

@@ -28,14 +28,10 @@ def record_attempts(succeeded: set[str], failed: set[str], now: datetime.datetim
     )
     disabled = list(expired.values_list("pk", flat=True))
     if disabled:
-        expired.filter(pk__in=disabled).update(
-            is_active=False, disabled_at=now, disabled_reason=f"every attempt failed for {hours:g} hours"
-        )
+        expired.filter(pk__in=disabled).disable(f"every attempt failed for {hours:g} hours", now)
     return disabled
 
 
 def mark_gone(endpoint_ids: set[str], now: datetime.datetime) -> None:
     """The receiver answered 410 Gone: it asked us to stop."""
-    Endpoint.objects.filter(pk__in=endpoint_ids, is_active=True).update(
-        is_active=False, disabled_at=now, disabled_reason="the endpoint answered 410 Gone"
-    )
+    Endpoint.objects.filter(pk__in=endpoint_ids, is_active=True).disable("the endpoint answered 410 Gone", now)

@@ -53,6 +53,17 @@ def new_encrypted_secret() -> str:
     return crypto.encrypt(signing.generate_secret())
 
 
+class EndpointQuerySet(models.QuerySet):
+    def disable(self, reason: str, now: datetime.datetime | None = None) -> int:
+        """Disable these endpoints, recording when and why (the one place that does)."""
+        now = now or timezone.now()
+        return self.update(is_active=False, disabled_at=now, disabled_reason=reason, updated_at=now)
+
+    def enable(self) -> int:
+        """Enable these endpoints with a clean health record (deliveries: recovery.resume_endpoint)."""
+        return self.update(is_active=True, disabled_at=None, disabled_reason="", failing_since=None)
+
+
 class Endpoint(models.Model):
     id = models.CharField(primary_key=True, max_length=40, default=new_endpoint_id, editable=False)
     organization = models.ForeignKey("agents_hooks.Organization", on_delete=models.CASCADE, related_name="endpoints")
@@ -83,6 +94,8 @@ class Endpoint(models.Model):
     headers = models.JSONField(default=dict, blank=True, help_text="Extra HTTP headers sent with every POST.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = EndpointQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["organization", "is_active"])]

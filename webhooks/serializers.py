@@ -2,7 +2,6 @@
 
 import re
 
-from django.utils import timezone
 from rest_framework import serializers
 
 from agents_hooks.models import Agent
@@ -59,9 +58,10 @@ class EndpointSerializer(serializers.ModelSerializer):
 
     def update(self, instance, validated_data):
         was_active = instance.is_active
-        if validated_data.get("is_active") is False and was_active:
-            validated_data.update(disabled_at=timezone.now(), disabled_reason="disabled through the API")
         endpoint = super().update(instance, validated_data)
+        if was_active and not endpoint.is_active:
+            Endpoint.objects.filter(pk=endpoint.pk).disable("disabled through the API")
+            endpoint.refresh_from_db()
         if endpoint.is_active and not was_active:
             from deliveries.recovery import resume_endpoint
 
