@@ -6,15 +6,13 @@ The Celery tasks are thin wrappers over `attempt`; this module holds the rules:
 a retried delivery that has used up WEBHOOK_MAX_RETRIES is marked dead.
 
 A batch costs a fixed number of queries whatever its size: one UPDATE to claim, one SELECT,
-one INSERT of the attempt rows and one UPDATE of the deliveries.
+one INSERT of the attempt rows and one UPDATE of the deliveries. Requests to a slow receiver
+are not waited for: lanes.py finishes them apart, and records them here with `record_late`.
 """
 
 import datetime
 import logging
-import os
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from celery.utils.time import get_exponential_backoff_interval
@@ -26,7 +24,7 @@ from django.utils import timezone
 from webhooks import health, signing
 from webhooks.models import redact_headers
 
-from . import signals, transport
+from . import lanes, signals, transport
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus
 
 logger = logging.getLogger(__name__)
@@ -44,7 +42,6 @@ class Outcome:
     attempts_in_series: int = 0  # including the attempt just made; = the next retry's number
     delay: float = 0.0
     retry_after: float | None = None
-    held: bool = False  # endpoint inactive: nothing sent, delivery kept for later
 
 
 def retry_delay(retries_done: int) -> int:
@@ -70,24 +67,76 @@ def attempt(delivery_ids: list[int], expected_attempt_count: int | None = None) 
 
 
 def send_claimed(claimed: list[Delivery]) -> list[Outcome]:
-    """POST deliveries this worker holds the lease of (with `event` and `endpoint` loaded)."""
-    if not claimed:
+    """POST deliveries this worker holds the lease of (with `event` and `endpoint` loaded).
+
+    Returns the outcomes of the attempts made and recorded here. Deliveries to a slow target
+    are not among them: they finish in the slow lane or wait there (lanes.py), and their
+    attempts are recorded and continued by the lane's recorder."""
+    jobs = _prepare(claimed)
+    if not jobs:
         return []
+    lane = lanes.current()
+    finished, deferred = lane.send(jobs)
+    if deferred:
+        release(deferred)
+        lane.deferred(deferred)
+    return _record(finished)
+
+
+def _prepare(claimed: list[Delivery]) -> list[lanes.Job]:
+    """The POSTs to make for claimed deliveries; deliveries to a disabled endpoint are held
+    instead (kept for when it is enabled: recovery.resume_endpoint, the sweeper)."""
     now = timezone.now()
     timestamp = int(now.timestamp())
     keys: dict[str, list[bytes]] = {}
-    held, sendable = [], []
+    held, jobs = [], []
     for d in claimed:
-        (held if d.kind == DeliveryKind.ENDPOINT and not d.endpoint.is_active else sendable).append(d)
-    requests = [_request(d, timestamp, keys) for d in sendable]
-    responses = _post_all(requests)
-    outcomes = _record(sendable, requests, responses, now)
-    if held:  # kept for when the endpoint is enabled again (recovery.resume_endpoint, sweeper)
-        Delivery.objects.filter(pk__in=[d.pk for d in held], lease=held[0].lease).update(
+        if d.kind == DeliveryKind.ENDPOINT and not d.endpoint.is_active:
+            held.append(d)
+        else:
+            jobs.append(lanes.Job(d, _request(d, timestamp, keys), now))
+    for lease in {d.lease for d in held}:
+        Delivery.objects.filter(pk__in=[d.pk for d in held], lease=lease).update(
             lease=None, locked_until=None, next_attempt_at=None
         )
-        outcomes += [Outcome(d.pk, DeliveryStatus.PENDING, held=True) for d in held]
-    return outcomes
+    return jobs
+
+
+def release(jobs: list[lanes.Job]) -> None:
+    """Give deferred deliveries back, due now, without counting an attempt."""
+    for lease in {j.delivery.lease for j in jobs}:
+        ids = [j.delivery.pk for j in jobs if j.delivery.lease == lease]
+        Delivery.objects.filter(pk__in=ids, lease=lease).update(
+            lease=None, locked_until=None, next_attempt_at=timezone.now()
+        )
+
+
+def claim_deferred(target: lanes.Target, limit: int) -> list[lanes.Job]:
+    """Lease up to `limit` of the oldest due deliveries to `target` nobody holds; return
+    their POSTs. Retries waiting for their backoff are not due, and stay where they are."""
+    kind, where = target
+    now = timezone.now()
+    rows = Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now).filter(
+        Q(locked_until__isnull=True) | Q(locked_until__lt=now)
+    )
+    rows = rows.filter(kind=kind, endpoint_id=where) if kind == DeliveryKind.ENDPOINT else rows.filter(kind=kind, url=where)
+    lease, locked_until = new_lease(limit)
+    with transaction.atomic():
+        ids = list(
+            rows.select_for_update(skip_locked=True).order_by("created_at", "pk").values_list("pk", flat=True)[:limit]
+        )
+        if not ids:
+            return []
+        Delivery.objects.filter(pk__in=ids).update(lease=lease, locked_until=locked_until)
+    claimed = Delivery.objects.filter(pk__in=ids, lease=lease).select_related("event", "endpoint")
+    return _prepare(list(claimed.order_by("created_at", "pk")))
+
+
+def record_late(jobs: list[lanes.Job]) -> None:
+    """Record attempts that finished in the slow lane, and schedule their retries."""
+    from .tasks import continue_failures
+
+    continue_failures(_record(jobs))
 
 
 def new_lease(count: int = 1) -> tuple[str, datetime.datetime]:
@@ -163,42 +212,21 @@ def _build_request(delivery: Delivery, timestamp: int, keys: dict[str, list[byte
     return _Request(url, body, headers, timeout)
 
 
-_executor: ThreadPoolExecutor | None = None
-_executor_pid: int | None = None
-_executor_lock = threading.Lock()
-
-
-def _post_all(requests: list[_Request]) -> list[transport.Response]:
-    """POST concurrently on the process's delivery threads (one request needs no thread)."""
-    global _executor, _executor_pid
-
-    def send(r: _Request) -> transport.Response:
-        if r.error:
-            return transport.Response(None, 0, error=r.error)
-        return transport.post(
-            r.url, r.body, r.headers, timeout=r.timeout, connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT
-        )
-
-    if len(requests) <= 1:
-        return [send(r) for r in requests]
-    if _executor_pid != os.getpid():
-        with _executor_lock:
-            if _executor_pid != os.getpid():
-                _executor = ThreadPoolExecutor(settings.WEBHOOK_HTTP_CONCURRENCY, thread_name_prefix="webhooks-post")
-                _executor_pid = os.getpid()
-    return list(_executor.map(send, requests))
-
-
-def _record(deliveries, requests, responses, now) -> list[Outcome]:
+def _record(jobs: list[lanes.Job]) -> list[Outcome]:
+    if not jobs:
+        return []
+    now = timezone.now()
     attempts, outcomes, gone_endpoints = [], [], set()
+    deliveries = [j.delivery for j in jobs]
     leases = [d.lease for d in deliveries]
-    for delivery, request, response in zip(deliveries, requests, responses, strict=True):
+    for job in jobs:
+        delivery, request, response = job.delivery, job.request, job.response
         delivery.attempt_count += 1
         attempts.append(
             Attempt(
                 delivery=delivery,
                 number=delivery.attempt_count,
-                started_at=now,
+                started_at=job.started,
                 url=request.url,
                 status_code=response.status_code,
                 duration_ms=response.duration_ms,
@@ -207,7 +235,7 @@ def _record(deliveries, requests, responses, now) -> list[Outcome]:
                 request_headers=_redacted(request.headers),
             )
         )
-        delivery.last_attempt_at = now
+        delivery.last_attempt_at = job.started
         delivery.last_status_code = response.status_code
         delivery.last_error = response.error
         delivery.lease = None

@@ -47,19 +47,20 @@ def fan_out(event_ids: list[str], *, take_backlog: bool = False) -> list[Deliver
         if not events:
             return []
         now = timezone.now()
-        lease, locked_until = new_lease()
         Event.objects.filter(pk__in=[e.pk for e in events]).update(fanned_out_at=now)
         endpoints = _active_endpoints({e.organization_id for e in events})
-        fresh = {"created_at": now, "next_attempt_at": now, "lease": lease, "locked_until": locked_until}
         deliveries = []
         for event in events:
-            fresh["created_at"] = event.created_at
+            fresh = {"created_at": event.created_at, "next_attempt_at": now}
             deliveries += [Delivery(event=event, endpoint=ep, **fresh) for ep in _destinations(event, endpoints)]
             deliveries += [
                 Delivery(event=event, kind=t["kind"], url=t["url"], body=t["body"], **fresh)
                 for t in event.targets
                 if "kind" in t
             ]
+        lease, locked_until = new_lease(len(deliveries))
+        for d in deliveries:
+            d.lease, d.locked_until = lease, locked_until
         Delivery.objects.bulk_create(deliveries)
     return deliveries
 

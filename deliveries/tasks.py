@@ -27,17 +27,18 @@ class RetryableFailure(Exception):
 
 @shared_task(ignore_result=True)
 def deliver_events(event_ids: list[str]) -> None:
-    _continue_failures(attempts.send_claimed(fanout.fan_out(event_ids, take_backlog=True)))
+    continue_failures(attempts.send_claimed(fanout.fan_out(event_ids, take_backlog=True)))
 
 
 @shared_task(ignore_result=True)
 def deliver_batch(delivery_ids: list[int]) -> None:
-    _continue_failures(attempts.attempt(delivery_ids))
+    continue_failures(attempts.attempt(delivery_ids))
 
 
-def _continue_failures(outcomes: list[attempts.Outcome]) -> None:
+def continue_failures(outcomes: list[attempts.Outcome]) -> None:
+    """Schedule the next attempt of each delivery whose attempt failed and may be retried."""
     for outcome in outcomes:
-        if outcome.status == DeliveryStatus.PENDING and not outcome.held:
+        if outcome.status == DeliveryStatus.PENDING:
             # Continue as a `deliver` task whose retry counter says this was attempt 1, so
             # its own autoretry backoff carries on from the right step.
             deliver.apply_async(
@@ -57,9 +58,9 @@ def _continue_failures(outcomes: list[attempts.Outcome]) -> None:
 def deliver(self, delivery_id: int, series_start: int = 0) -> None:
     outcomes = attempts.attempt([delivery_id], expected_attempt_count=series_start + self.request.retries)
     if not outcomes:
-        return  # nothing to do: finished, in flight elsewhere, or a stale duplicate message
+        return  # finished, in flight elsewhere, a stale duplicate message, or in the slow lane
     outcome = outcomes[0]
-    if outcome.status != DeliveryStatus.PENDING or outcome.held:
+    if outcome.status != DeliveryStatus.PENDING:
         return
     if outcome.retry_after and outcome.retry_after > attempts.retry_delay(self.request.retries):
         # The receiver asked for a longer pause than our backoff (429/503 Retry-After).

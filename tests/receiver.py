@@ -28,6 +28,12 @@ class Received:
     at: float  # time.time() on arrival
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # The default listen backlog of 5 drops the SYNs of a burst of new connections, which the
+    # kernel retries a second later: a fast receiver would look slow.
+    request_queue_size = 128
+
+
 class Receiver:
     def __init__(self) -> None:
         self.requests: list[Received] = []
@@ -58,7 +64,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -21,6 +21,9 @@ _defaults = {
     "WEBHOOK_CONNECT_TIMEOUT": "2",
     "WEBHOOK_SWEEP_INTERVAL": "1",
     "WEBHOOK_SWEEP_GRACE": "3",
+    # The slow lane (deliveries/lanes.py) at a scale a test can watch.
+    "WEBHOOK_STRAGGLER_AFTER": "0.3",
+    "WEBHOOK_ENDPOINT_CONCURRENCY": "2",
     "STEP_COMPLETE_KEY": "test-key-123",
     # The tests' receivers live on loopback, which production refuses (webhooks/urlsafety.py).
     "WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8,::1/128",

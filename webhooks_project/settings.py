@@ -184,6 +184,12 @@ WEBHOOK_MAX_PAYLOAD_BYTES = env_positive("WEBHOOK_MAX_PAYLOAD_BYTES", "int", 256
 WEBHOOK_RESPONSE_BODY_LIMIT = env_positive("WEBHOOK_RESPONSE_BODY_LIMIT", "int", 4096)
 # POSTs one worker process keeps in flight at once (its HTTP thread pool).
 WEBHOOK_HTTP_CONCURRENCY = env_positive("WEBHOOK_HTTP_CONCURRENCY", "int", 32, minimum=1)
+# A batch waits this long (seconds) for a request; one still running then finishes in the
+# background, and its target becomes "slow": its deliveries go to the slow lane, at most
+# ENDPOINT_CONCURRENCY at a time per target and process; the rest wait in the database
+# (deliveries/lanes.py).
+WEBHOOK_STRAGGLER_AFTER = env_positive("WEBHOOK_STRAGGLER_AFTER", "float", 0.5, minimum=0.01)
+WEBHOOK_ENDPOINT_CONCURRENCY = env_positive("WEBHOOK_ENDPOINT_CONCURRENCY", "int", 8, minimum=1)
 # Deliveries handed to the broker in one message (first attempts are sent as a batch).
 WEBHOOK_BATCH_SIZE = env_positive("WEBHOOK_BATCH_SIZE", "int", 50, minimum=1)
 # A worker holds a delivery for the longest possible attempt plus this margin (seconds); if it

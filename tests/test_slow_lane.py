@@ -1,0 +1,88 @@
+"""A slow receiver must not hold up the others (deliveries/lanes.py).
+
+The test worker runs with WEBHOOK_STRAGGLER_AFTER=0.3 and WEBHOOK_ENDPOINT_CONCURRENCY=2
+(tests/settings.py), and a 2 s request timeout; the slow receiver here answers in 1.5 s.
+"""
+
+import re
+
+from agents_hooks.models import Step
+from deliveries.models import Attempt, Delivery
+from tests.receiver import Reply
+from tests.support import wait_until
+
+SLOW = 1.5
+STRAGGLED = r"requests still running after 0.3s go on in the slow lane"
+
+
+def complete_steps(agent, count: int) -> None:
+    for _ in range(count):
+        step = Step.objects.create(agent=agent)
+        step.status = "success"
+        step.save()
+
+
+def most_at_once(arrivals: list[float], held_for: float) -> int:
+    """The most requests a receiver that holds each for `held_for` seconds had open at once
+    (a little under, so a request that arrives just as another is answered is not counted)."""
+    window = held_for * 0.9
+    return max(sum(1 for a in arrivals if t - window < a <= t) for t in arrivals)
+
+
+def test_fast_endpoint_is_recorded_without_waiting_for_a_slow_one(live, agent, make_endpoint):
+    slow, fast = make_endpoint("/slow"), make_endpoint("/fast")
+    live.script("/slow", [Reply(200, delay=SLOW)] * 4)
+    complete_steps(agent, 4)  # each event goes to both, in the same batch
+
+    wait_until(
+        lambda: Delivery.objects.filter(endpoint=fast, status="succeeded").count() == 4,
+        timeout=10,
+        message="the fast endpoint's deliveries recorded",
+    )
+    # Recorded while every slow request was still being answered: nobody waited for them.
+    assert not Delivery.objects.filter(endpoint=slow, status="succeeded").exists()
+
+    wait_until(
+        lambda: Delivery.objects.filter(endpoint=slow, status="succeeded").count() == 4,
+        timeout=30,
+        message="the slow endpoint's deliveries recorded by the slow lane",
+    )
+    assert len(live.received("/slow")) == 4  # each sent once
+    for attempt in Attempt.objects.filter(delivery__endpoint=slow):
+        assert attempt.number == 1 and attempt.status_code == 200
+        assert attempt.duration_ms >= SLOW * 1000 - 50
+
+
+def test_a_slow_endpoint_gets_a_few_requests_at_a_time_and_every_delivery(live, worker, agent, make_endpoint):
+    slow = make_endpoint("/slow")
+    live.script("/slow", [Reply(200, delay=SLOW)] * 6)
+    marked = len(re.findall(STRAGGLED, worker.log()))
+    complete_steps(agent, 1)
+    wait_until(lambda: len(re.findall(STRAGGLED, worker.log())) > marked, message="the endpoint marked slow")
+    complete_steps(agent, 5)  # these go to the slow lane, or wait in the database for it
+
+    wait_until(
+        lambda: Delivery.objects.filter(endpoint=slow, status="succeeded").count() == 6,
+        timeout=30,
+        message="every deferred delivery sent",
+    )
+    received = live.received("/slow")
+    assert sorted(r.headers["webhook-id"] for r in received) == sorted(
+        Delivery.objects.filter(endpoint=slow).values_list("event_id", flat=True)
+    )
+    assert most_at_once([r.at for r in received], SLOW) <= 2  # WEBHOOK_ENDPOINT_CONCURRENCY
+    assert not Attempt.objects.filter(delivery__endpoint=slow).exclude(number=1).exists()
+
+
+def test_a_slow_failure_is_retried_from_the_slow_lane(live, agent, make_endpoint):
+    endpoint = make_endpoint("/slow")
+    live.script("/slow", [Reply(500, delay=SLOW), Reply(200)])
+    complete_steps(agent, 1)
+
+    live.wait_for(2, path="/slow", timeout=20)
+    wait_until(lambda: Delivery.objects.get(endpoint=endpoint).status == "succeeded", message="retry recorded")
+    first, second = Attempt.objects.filter(delivery__endpoint=endpoint).order_by("number")
+    assert (first.status_code, second.status_code) == (500, 200)
+    assert first.duration_ms >= SLOW * 1000 - 50
+    # Retried after the backoff (1 s in the tests), counted from the slow answer.
+    assert (second.started_at - first.started_at).total_seconds() >= SLOW + 1 - 0.1
