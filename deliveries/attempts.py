@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from webhooks import health, signing
+from webhooks import health, ratelimit, signing
 from webhooks.models import redact_headers
 
 from . import lanes, signals, transport
@@ -54,25 +54,31 @@ def retry_delay(retries_done: int) -> int:
     )
 
 
-def attempt(delivery_ids: list[int], expected_attempt_count: int | None = None) -> list[Outcome]:
+def attempt(
+    delivery_ids: list[int], expected_attempt_count: int | None = None, *, reserved: bool = False
+) -> list[Outcome]:
     """Claim the given deliveries, POST each once, record the attempts; return the outcomes.
 
     `expected_attempt_count` is how many attempts the delivery must have had for this call to
     make the next one; None means "the first attempt of its current series" (a fresh delivery,
     or one just retried by hand). Deliveries that cannot be claimed (already succeeded or
     failed, being sent by another worker, or past the attempt this call was meant to make)
-    are skipped silently: that is what makes duplicated task messages harmless.
+    are skipped silently: that is what makes duplicated task messages harmless. `reserved`:
+    the attempt already has its slot under the endpoint's rate limit.
     """
-    return send_claimed(_claim(delivery_ids, expected_attempt_count))
+    return send_claimed(_claim(delivery_ids, expected_attempt_count), reserved=reserved)
 
 
-def send_claimed(claimed: list[Delivery]) -> list[Outcome]:
+def send_claimed(claimed: list[Delivery], *, reserved: bool = False) -> list[Outcome]:
     """POST deliveries this worker holds the lease of (with `event` and `endpoint` loaded).
 
     Returns the outcomes of the attempts made and recorded here. Deliveries to a slow target
     are not among them: they finish in the slow lane or wait there (lanes.py), and their
-    attempts are recorded and continued by the lane's recorder."""
+    attempts are recorded and continued by the lane's recorder. Nor are deliveries over their
+    endpoint's rate limit: they are scheduled for their slot."""
     jobs = _prepare(claimed)
+    if not reserved:
+        jobs = _pace(jobs)
     if not jobs:
         return []
     lane = lanes.current()
@@ -102,13 +108,51 @@ def _prepare(claimed: list[Delivery]) -> list[lanes.Job]:
     return jobs
 
 
-def release(jobs: list[lanes.Job]) -> None:
-    """Give deferred deliveries back, due now, without counting an attempt."""
+def release(jobs: list[lanes.Job], delay: float = 0.0) -> None:
+    """Give deferred deliveries back, due in `delay` seconds, without counting an attempt."""
+    due = timezone.now() + datetime.timedelta(seconds=delay)
     for lease in {j.delivery.lease for j in jobs}:
         ids = [j.delivery.pk for j in jobs if j.delivery.lease == lease]
-        Delivery.objects.filter(pk__in=ids, lease=lease).update(
-            lease=None, locked_until=None, next_attempt_at=timezone.now()
-        )
+        Delivery.objects.filter(pk__in=ids, lease=lease).update(lease=None, locked_until=None, next_attempt_at=due)
+
+
+def _pace(jobs: list[lanes.Job]) -> list[lanes.Job]:
+    """Keep to the endpoints' rate limits: return the jobs that may go now. The others are
+    given back and scheduled for the second their slot is in; those with no slot within the
+    horizon are due after it, for the sweeper."""
+    limited: dict[str, list[lanes.Job]] = {}
+    for job in jobs:
+        if job.delivery.kind == DeliveryKind.ENDPOINT and job.delivery.endpoint.rate_limit:
+            limited.setdefault(job.delivery.endpoint_id, []).append(job)
+    if not limited:
+        return jobs
+    from .tasks import dispatch
+
+    later: set[lanes.Job] = set()
+    for endpoint_id, group in limited.items():
+        try:
+            _, slots = ratelimit.reserve(endpoint_id, group[0].delivery.endpoint.rate_limit, len(group))
+        except ratelimit.Unavailable as exc:
+            logger.warning("rate limit of endpoint %s: Redis unavailable (%s); kept for the sweeper", endpoint_id, exc)
+            slots = []
+        start = 0
+        for delay, count in slots:
+            part, start = group[start : start + count], start + count
+            if delay > 0:
+                release(part, delay)
+                later.update(part)
+                try:
+                    dispatch([_due(j.delivery) for j in part], countdown=delay, reserved=True)
+                except Exception as exc:  # they are due in the database: the sweeper sends them
+                    logger.warning("rate limit of endpoint %s: broker unavailable (%s)", endpoint_id, exc)
+        if start < len(group):
+            release(group[start:], settings.WEBHOOK_RATE_LIMIT_HORIZON)
+            later.update(group[start:])
+    return [j for j in jobs if j not in later]
+
+
+def _due(delivery: Delivery) -> tuple[int, int, int]:
+    return delivery.pk, delivery.attempt_count, delivery.series_start
 
 
 def claim_deferred(target: lanes.Target, limit: int) -> list[lanes.Job]:
@@ -129,7 +173,7 @@ def claim_deferred(target: lanes.Target, limit: int) -> list[lanes.Job]:
             return []
         Delivery.objects.filter(pk__in=ids).update(lease=lease, locked_until=locked_until)
     claimed = Delivery.objects.filter(pk__in=ids, lease=lease).select_related("event", "endpoint")
-    return _prepare(list(claimed.order_by("created_at", "pk")))
+    return _pace(_prepare(list(claimed.order_by("created_at", "pk"))))
 
 
 def record_late(jobs: list[lanes.Job]) -> None:

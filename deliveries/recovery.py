@@ -27,7 +27,7 @@ SWEEP_TIME_BUDGET = 20.0
 
 def sweep_due() -> int:
     """Enqueue stranded events and overdue deliveries; return how many were enqueued."""
-    from .tasks import deliver, deliver_batch, deliver_events
+    from .tasks import deliver_events, dispatch
 
     started = time.monotonic()
     total = 0
@@ -70,13 +70,8 @@ def sweep_due() -> int:
         Delivery.objects.filter(pk__in=[pk for pk, _, _ in due], status=DeliveryStatus.PENDING).update(
             next_attempt_at=now
         )
-        fresh = [pk for pk, count, start in due if count == start]
         try:
-            for i in range(0, len(fresh), settings.WEBHOOK_BATCH_SIZE):
-                deliver_batch.delay(fresh[i : i + settings.WEBHOOK_BATCH_SIZE])
-            for pk, count, start in due:
-                if count != start:
-                    deliver.apply_async((pk, start), retries=count - start)
+            dispatch(due)
         except Exception as exc:
             logger.warning("sweep: broker unavailable (%s); will try again next sweep", exc)
             break

@@ -4,7 +4,7 @@
   first attempts, sent concurrently. A delivery that needs a retry continues as `deliver`.
 * `deliver_batch(ids)`: the first attempt of each delivery's series (retried by hand, resumed
   endpoint, or re-enqueued by the sweeper), likewise.
-* `deliver(id, series_start)`: one attempt of one delivery, retried by Celery's autoretry
+* `deliver(id, series_start, reserved_retry)`: one attempt of one delivery, retried by Celery's autoretry
   with exponential backoff (WEBHOOK_RETRY_BACKOFF * 2**n, capped at _MAX, jitter per
   WEBHOOK_RETRY_JITTER) up to WEBHOOK_MAX_RETRIES. The message's `retries` counter says which
   attempt it carries, so a duplicated or stale message claims nothing and sends nothing.
@@ -31,8 +31,21 @@ def deliver_events(event_ids: list[str]) -> None:
 
 
 @shared_task(ignore_result=True)
-def deliver_batch(delivery_ids: list[int]) -> None:
-    continue_failures(attempts.attempt(delivery_ids))
+def deliver_batch(delivery_ids: list[int], reserved: bool = False) -> None:
+    continue_failures(attempts.attempt(delivery_ids, reserved=reserved))
+
+
+def dispatch(due: list[tuple[int, int, int]], countdown: float = 0, reserved: bool = False) -> None:
+    """Enqueue the next attempts of deliveries given as (id, attempt_count, series_start):
+    first attempts of a series in batches, retries one by one with their retry count.
+    `reserved`: they hold a slot under their endpoint's rate limit for that attempt."""
+    fresh = [pk for pk, count, start in due if count == start]
+    for i in range(0, len(fresh), settings.WEBHOOK_BATCH_SIZE):
+        deliver_batch.apply_async((fresh[i : i + settings.WEBHOOK_BATCH_SIZE], reserved), countdown=countdown)
+    for pk, count, start in due:
+        if count != start:
+            slot = count - start if reserved else None
+            deliver.apply_async((pk, start, slot), retries=count - start, countdown=countdown)
 
 
 def continue_failures(outcomes: list[attempts.Outcome]) -> None:
@@ -55,8 +68,12 @@ def continue_failures(outcomes: list[attempts.Outcome]) -> None:
     retry_jitter=settings.WEBHOOK_RETRY_JITTER,
     max_retries=settings.WEBHOOK_MAX_RETRIES,
 )
-def deliver(self, delivery_id: int, series_start: int = 0) -> None:
-    outcomes = attempts.attempt([delivery_id], expected_attempt_count=series_start + self.request.retries)
+def deliver(self, delivery_id: int, series_start: int = 0, reserved_retry: int | None = None) -> None:
+    # A rate-limit slot was reserved for one attempt: the retry this message first carried.
+    reserved = reserved_retry == self.request.retries
+    outcomes = attempts.attempt(
+        [delivery_id], expected_attempt_count=series_start + self.request.retries, reserved=reserved
+    )
     if not outcomes:
         return  # finished, in flight elsewhere, a stale duplicate message, or in the slow lane
     outcome = outcomes[0]

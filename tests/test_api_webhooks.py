@@ -384,3 +384,17 @@ def test_test_send_to_a_disabled_endpoint_is_refused(api):
     created = api.post("/api/v1/webhooks/", {"url": PUBLIC, "is_active": False}, format="json").json()
     response = api.post(f"/api/v1/webhooks/{created['id']}/test/")
     assert response.status_code == 409 and "disabled" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 100_001, "fast"])
+def test_a_bad_rate_limit_is_400_on_rate_limit(api, value):
+    response = create(api, rate_limit=value)
+    assert response.status_code == 400
+    assert "rate_limit" in response.json()
+
+
+def test_rate_limit_is_set_shown_and_cleared(api):
+    created = create(api, rate_limit=25).json()
+    assert created["rate_limit"] == 25
+    url = f"/api/v1/webhooks/{created['id']}/"
+    assert api.patch(url, {"rate_limit": None}, format="json").json()["rate_limit"] is None

@@ -42,7 +42,7 @@ class EndpointForm(forms.ModelForm):
 
     class Meta:
         model = Endpoint
-        fields = ["organization", "url", "agent", "description", "event_types", "headers", "is_active"]
+        fields = ["organization", "url", "agent", "description", "event_types", "headers", "rate_limit", "is_active"]
 
     def clean_url(self):
         url = self.cleaned_data["url"]
@@ -119,7 +119,7 @@ class EndpointAdmin(admin.ModelAdmin):
     ]
 
     def get_fieldsets(self, request, obj=None):
-        editable = ["url", "agent", "description", "event_types", "headers", "is_active"]
+        editable = ["url", "agent", "description", "event_types", "headers", "rate_limit", "is_active"]
         if obj is None:
             return [(None, {"fields": ["organization", *editable]})]
         return [

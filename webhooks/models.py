@@ -5,6 +5,7 @@ import fnmatch
 import secrets
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -43,6 +44,9 @@ def redact_headers(headers: dict[str, str]) -> dict[str, str]:
         else value
         for name, value in headers.items()
     }
+
+
+MAX_RATE_LIMIT = 100_000  # deliveries per second
 
 
 def new_endpoint_id() -> str:
@@ -92,6 +96,12 @@ class Endpoint(models.Model):
     previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     headers = models.JSONField(default=dict, blank=True, help_text="Extra HTTP headers sent with every POST.")
+    rate_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_RATE_LIMIT)],
+        help_text="At most this many deliveries per second (the rest wait their turn); empty for no limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -23,7 +23,7 @@ class EndpointSerializer(serializers.ModelSerializer):
     class Meta:
         model = Endpoint
         fields = [
-            "id", "url", "agent", "description", "event_types", "is_active", "headers",
+            "id", "url", "agent", "description", "event_types", "is_active", "headers", "rate_limit",
             "disabled_at", "disabled_reason", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["disabled_at", "disabled_reason"]

@@ -276,6 +276,14 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         "socket_timeout": 5,
     }
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "str", "webhooks")
+
+# Endpoints' rate limits are counted in this Redis, shared by all workers (webhooks/ratelimit.py);
+# by default the broker's, when that is Redis. Empty: counted per process. Slots are reserved
+# up to HORIZON seconds ahead; deliveries beyond wait in the database for the sweeper.
+WEBHOOK_RATE_LIMIT_REDIS_URL = env(
+    "WEBHOOK_RATE_LIMIT_REDIS_URL", "str", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
+)
+WEBHOOK_RATE_LIMIT_HORIZON = env_positive("WEBHOOK_RATE_LIMIT_HORIZON", "int", 60, minimum=1)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_IGNORE_RESULT = True

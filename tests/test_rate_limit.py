@@ -1,0 +1,64 @@
+"""An endpoint's rate limit holds across worker processes (counted in Redis), and the
+deliveries over it wait for their second instead of being dropped or counted as attempts."""
+
+import uuid
+from collections import Counter
+
+from agents_hooks.models import Step
+from deliveries.models import Attempt, Delivery
+from tests.support import Worker, wait_until
+from webhooks import ratelimit
+
+
+def complete_steps(agent, count: int) -> None:
+    for _ in range(count):
+        step = Step.objects.create(agent=agent)
+        step.status = "success"
+        step.save()
+
+
+def per_second(arrivals) -> Counter:
+    return Counter(int(r.at) for r in arrivals)
+
+
+def test_rate_limit_spreads_deliveries_across_seconds_and_workers(live, agent, make_endpoint, tmp_path):
+    limited = make_endpoint("/limited", rate_limit=3)
+    free = make_endpoint("/free")
+    # A second worker (two processes) beside the suite's: three processes share the limit.
+    extra = Worker(tmp_path / "extra.log", pool="prefork", concurrency=2, beat=False)
+    try:
+        complete_steps(agent, 12)
+        live.wait_for(12, path="/free", timeout=20)
+        wait_until(
+            lambda: Delivery.objects.filter(endpoint=limited, status="succeeded").count() == 12,
+            timeout=30,
+            message="every limited delivery sent",
+        )
+    finally:
+        extra.stop()
+    received = live.received("/limited")
+    assert sorted(r.headers["webhook-id"] for r in received) == sorted(
+        Delivery.objects.filter(endpoint=limited).values_list("event_id", flat=True)
+    )  # each exactly once
+    busiest = max(per_second(received).values())
+    assert busiest <= 3, per_second(received)
+    assert len(per_second(received)) >= 4  # 12 at 3 a second
+    assert max(per_second(live.received("/free")).values()) > 3  # the other endpoint is not held back
+    # Waiting for a slot is not an attempt.
+    assert set(Attempt.objects.filter(delivery__endpoint=limited).values_list("number", flat=True)) == {1}
+
+
+def test_reservations_fill_this_second_then_the_next(settings):
+    settings.WEBHOOK_RATE_LIMIT_HORIZON = 2
+    while True:
+        endpoint_id = f"ep_{uuid.uuid4().hex}"
+        began, first = ratelimit.reserve(endpoint_id, 5, 4)
+        ended, second = ratelimit.reserve(endpoint_id, 5, 9)
+        if int(began) == int(ended):  # both within one second of the clock: same windows
+            break
+    assert first == [(0.0, 4)]
+    # 1 left in this second, 5 in the next, 3 in the one after; nothing is over-promised.
+    assert [n for _, n in second] == [1, 5, 3]
+    assert 0 < second[1][0] <= 1 < second[2][0] <= 2
+    _, third = ratelimit.reserve(endpoint_id, 5, 10)
+    assert sum(n for _, n in third) <= 5  # only what is left within the horizon
