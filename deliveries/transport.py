@@ -9,7 +9,8 @@ headers, and at most a few KiB of body. What it does need, this module does itse
 * Pinned addresses. The endpoint's host is resolved and checked by `urlsafety.resolve_public`
   before every POST (cached for DNS_CACHE_SECONDS) and the socket connects to that checked
   IP; the Host header and the TLS server name stay the endpoint's. DNS rebinding between the
-  check and the connect cannot reach inside.
+  check and the connect cannot reach inside. The lookup counts against the connect deadline:
+  a resolver that hangs costs a request its connect timeout, no more.
 * A real deadline. Every socket operation gets the time left until the request's deadline as
   its timeout, so a receiver that trickles a byte every few seconds is cut off at
   WEBHOOK_TIMEOUT in total, not per read.
@@ -29,6 +30,8 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -40,6 +43,7 @@ VERSION = "0.1.0"
 # Seed 004 names `Letta-Webhooks/1.0`; the product and its version follow it.
 USER_AGENT = f"Letta-Webhooks/1.0 agent-webhooks/{VERSION}"
 DNS_CACHE_SECONDS = 30.0
+RESOLVER_THREADS = 4
 MAX_HEADER_BYTES = 64 * 1024
 IDLE_SECONDS = 30.0  # close pooled connections idle longer than this (receivers close sooner)
 
@@ -90,6 +94,11 @@ class _Process:
         self.lock = threading.Lock()
         self.idle: dict[tuple, list[_Connection]] = {}
         self.dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        # getaddrinfo cannot be interrupted: lookups run on a few threads of their own, and a
+        # request waits for its answer only until its deadline. A hung resolver then ties up
+        # these threads, not the delivery threads; one lookup per name is shared by all waiting.
+        self.resolver = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="webhooks-dns")
+        self.lookups: dict[tuple[str, int], Future] = {}
         self.tls = ssl.create_default_context()
 
     def take(self, key: tuple) -> _Connection | None:
@@ -126,14 +135,21 @@ def _process() -> _Process:
     return _state
 
 
-def _addresses(host: str, port: int) -> list[str]:
+def _addresses(host: str, port: int, deadline: float) -> list[str]:
     state = _process()
     now = time.monotonic()
     cached = state.dns.get((host, port))
     if cached and cached[0] > now:
         return cached[1]
-    addresses = urlsafety.resolve_public(host, port)
-    state.dns[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
+    with state.lock:
+        lookup = state.lookups.get((host, port))
+        if lookup is None or lookup.done():
+            lookup = state.lookups[(host, port)] = state.resolver.submit(urlsafety.resolve_public, host, port)
+    try:
+        addresses = lookup.result(timeout=max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        raise urlsafety.Unresolvable(f"{host} did not resolve in time") from None
+    state.dns[(host, port)] = (time.monotonic() + DNS_CACHE_SECONDS, addresses)
     return addresses
 
 
@@ -159,7 +175,7 @@ def _post(url, body, headers, timeout, connect_timeout, started) -> Response:
     try:
         scheme, host, port = urlsafety.split_host_port(url)
         host = host.strip("[]")
-        address = _addresses(host, port)[0]
+        address = _addresses(host, port, min(deadline, started + connect_timeout))[0]
     except urlsafety.Unresolvable as exc:
         return Response(None, elapsed_ms(), error=str(exc))
     except urlsafety.UnsafeURL as exc:

@@ -3,6 +3,7 @@ the forms of response a real receiver may give, and keep-alive across them."""
 
 import email.utils
 import socket
+import threading
 import time
 
 import pytest
@@ -139,3 +140,27 @@ def test_non_ascii_host_and_path_are_encoded(monkeypatch, receiver, settings):
     assert transport.post(url, b"{}", {}, timeout=2, connect_timeout=2).status_code == 200
     (request,) = receiver.wait_for(1, path="/%C3%A9/x")
     assert request.headers["Host"] == f"xn--bcher-kva.example:{receiver.port}"
+
+
+def test_a_hung_resolver_costs_a_request_its_connect_timeout_only(monkeypatch, settings):
+    # A resolver is outside this machine, so here it is the one thing faked: it never answers.
+    settings.WEBHOOK_ALLOWED_CIDRS = ["127.0.0.0/8"]
+    released = threading.Event()
+    real = socket.getaddrinfo
+
+    def hung(host, port, *args, **kwargs):
+        if host == "hung.example":
+            released.wait(10)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung)
+    transport._process().dns.clear()
+    try:
+        started = time.monotonic()
+        response = transport.post("http://hung.example/", b"{}", {}, timeout=5, connect_timeout=0.3)
+        took = time.monotonic() - started
+        assert response.status_code is None and "did not resolve in time" in response.error
+        assert 0.25 < took < 1.0
+        assert not response.refused  # worth retrying: DNS outages pass
+    finally:
+        released.set()
