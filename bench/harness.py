@@ -138,11 +138,18 @@ def summary_ms(seconds: list[float]) -> dict:
     }
 
 
-def latencies(recs: list, sent_at: dict[str, float]) -> dict:
+def latencies(recs: list, sent_at: dict[str, float], missing_at: float | None = None) -> dict:
     """Arrival minus send time (both unix seconds) per webhook-id seen by the receiver, e.g.
-    sent_at = {event.id: event.created_at.timestamp()} for our service."""
+    sent_at = {event.id: event.created_at.timestamp()} for our service. With `missing_at` (when
+    the wait gave up), a message never seen counts as arriving then: a lower bound on its
+    latency, so a run that loses or strands messages cannot report a better percentile."""
     first = {}
     for arrived, _path, msg_id, _ok in recs:
         if msg_id in sent_at and msg_id not in first:
             first[msg_id] = arrived - sent_at[msg_id]
-    return summary_ms(list(first.values())) if first else {"n": 0}
+    missing = [missing_at - sent for msg_id, sent in sent_at.items() if msg_id not in first] if missing_at else []
+    values = list(first.values()) + missing
+    result = summary_ms(values) if values else {"n": 0}
+    if missing_at is not None:
+        result["missing"] = len(missing)
+    return result

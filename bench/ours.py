@@ -1,18 +1,22 @@
 """Our service's scenarios, on PostgreSQL (database bench_ours) + Redis (db 13) + a real worker.
 
     python bench/ours.py throughput -n 2000 --endpoints 10     # 20,000 deliveries
+    python bench/ours.py throughput -n 2000 --workers 1        # scale: one worker process
+    python bench/ours.py throughput -n 2000 --broker amqp://guest:guest@127.0.0.1:5672//
     python bench/ours.py overhead --saves 2000 --endpoints 10
     python bench/ours.py latency --rate 200 --seconds 10
-    python bench/ours.py isolation -n 1000 --endpoints 10 --slow 3
+    python bench/ours.py isolation -n 1000 --endpoints 9 --slow 3 --rate 200 --seconds 10
     python bench/ours.py fanout --endpoints 500
     python bench/ours.py backlog -n 10000 --endpoints 10       # 100,000 deliveries, worker RSS
 Each prints one JSON object. `bench/run.py` runs them all with the peer and prints the table.
-Loopback only; every loop is bounded in count and time.
+Loopback only; every loop is bounded in count and time. `--broker` (or BENCH_BROKER_URL)
+swaps Redis for another broker, e.g. RabbitMQ; the worker and the publisher both use it.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -55,6 +59,12 @@ def setup_django() -> None:
     call_command("migrate", verbosity=0)
 
 
+def use_broker(url: str) -> None:
+    """Point the publisher (this process) and the workers it starts at `url`; before Django
+    reads its settings."""
+    ENV["CELERY_BROKER_URL"] = os.environ["CELERY_BROKER_URL"] = url
+
+
 def reset_data() -> None:
     from django.db import connection
 
@@ -63,9 +73,25 @@ def reset_data() -> None:
             "TRUNCATE deliveries_attempt, deliveries_delivery, deliveries_event, webhooks_endpoint,"
             " agents_hooks_step, agents_hooks_agent, agents_hooks_organization CASCADE"
         )
-    import redis
+    purge_queue()
 
-    redis.Redis.from_url(ENV["CELERY_BROKER_URL"]).delete(ENV["CELERY_QUEUE"])
+
+def purge_queue() -> None:
+    """Drop messages a previous run left in the bench queue (they name rows just truncated)."""
+    url, name = ENV["CELERY_BROKER_URL"], ENV["CELERY_QUEUE"]
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        redis.Redis.from_url(url).delete(name)
+        return
+    from kombu import Connection
+    from kombu.exceptions import ChannelError
+
+    with Connection(url, connect_timeout=5) as conn:
+        try:
+            conn.default_channel.queue_purge(name)
+        except ChannelError:  # not declared yet (AMQP 404): nothing to purge
+            pass
 
 
 class Worker:
@@ -128,30 +154,80 @@ class Worker:
         self.log.close()
 
 
-def make_org(endpoints: int, port: int, secret: str, slow_paths: int = 0):
+class RssSampler:
+    """Samples the worker's total RSS on a thread every `interval` seconds until stopped: a
+    peak read once at the end would miss a drain's high point."""
+
+    def __init__(self, worker: Worker, interval: float):
+        self.worker, self.interval = worker, interval
+        self.samples: list[float] = [worker.rss_mb()]
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.samples.append(self.worker.rss_mb())
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.thread.join()
+        self.samples.append(self.worker.rss_mb())
+        return {"start_mb": self.samples[0], "peak_mb": max(self.samples), "end_mb": self.samples[-1],
+                "samples": len(self.samples)}  # fmt: skip
+
+
+def make_org(endpoints: int, port: int, secret: str, extra_urls: tuple[str, ...] = ()):
+    """An organization with one agent and `endpoints` endpoints on the receiver at `port`,
+    plus one endpoint per URL in `extra_urls` (another receiver); every one takes every event."""
     from agents_hooks.models import Agent, Organization
-    from webhooks.models import Endpoint
 
     org = Organization.objects.create(name="bench")
     agent = Agent.objects.create(organization=org, name="bench")
+    urls = [f"http://127.0.0.1:{port}/ep{i}" for i in range(endpoints)] + list(extra_urls)
+    add_endpoints(org, urls, secret)
+    return agent
+
+
+def make_scoped_org(endpoints: int, port: int, secret: str, shared_url: str) -> list:
+    """An organization with one agent per endpoint, endpoint i taking agent i's events only,
+    plus one endpoint at `shared_url` taking every event; return the agents. Steps completed
+    round robin over the agents send each event to one of these endpoints and to the shared
+    one, so the endpoints here share the event rate between them."""
+    from agents_hooks.models import Agent, Organization
+
+    org = Organization.objects.create(name="bench")
+    agents = Agent.objects.bulk_create([Agent(organization=org, name=f"bench{i}") for i in range(endpoints)])
+    add_endpoints(org, [f"http://127.0.0.1:{port}/ep{i}" for i in range(endpoints)], secret, agents)
+    add_endpoints(org, [shared_url], secret)
+    return agents
+
+
+def add_endpoints(org, urls: list[str], secret: str, agents: list | None = None) -> None:
+    from webhooks.models import Endpoint
+
     eps = []
-    for i in range(endpoints):
-        ep = Endpoint(organization=org, url=f"http://127.0.0.1:{port}/ep{i}")
-        ep.secret = secret
-        eps.append(ep)
-    for i in range(slow_paths):
-        ep = Endpoint(organization=org, url=f"http://127.0.0.1:{port}/slow{i}")
+    for i, url in enumerate(urls):
+        ep = Endpoint(organization=org, url=url, agent=agents[i] if agents else None)
         ep.secret = secret
         eps.append(ep)
     Endpoint.objects.bulk_create(eps)
-    return agent
+
+
+def new_steps(agents: list, n: int) -> list:
+    """`n` pending steps, spread round robin over `agents` (in that order when completed)."""
+    from agents_hooks.models import Step
+
+    return Step.objects.bulk_create([Step(agent=agents[i % len(agents)]) for i in range(n)])
 
 
 def complete_steps(agent, n: int, rate: float | None = None, deadline: float = 300) -> list[float]:
     """Finish `n` steps (one transaction each, as an agent would); return each save's seconds."""
-    from agents_hooks.models import Step
+    return save_steps(new_steps([agent], n), rate, deadline)
 
-    steps = Step.objects.bulk_create([Step(agent=agent) for _ in range(n)])
+
+def save_steps(steps: list, rate: float | None = None, deadline: float = 300) -> list[float]:
+    """Move the steps to success one save at a time, at `rate` per second if given."""
     durations = []
     start = time.monotonic()
     for i, step in enumerate(steps):
@@ -224,6 +300,8 @@ def throughput(args) -> dict:
             t0 = stats["first"] or t0
         return {
             "scenario": f"throughput-{args.mode}",
+            "workers": args.workers,
+            "broker": ENV["CELERY_BROKER_URL"].split("://", 1)[0],
             "deliveries": total,
             "received": stats["requests"],
             "verified": stats["verified"],
@@ -326,22 +404,220 @@ def fanout(args) -> dict:
         }
 
 
+def isolation(args) -> dict:
+    """One endpoint answering in --slow seconds (default 3) beside --endpoints fast ones (9).
+    The slow one has a receiver process of its own, as another customer's server would be; it
+    verifies every signature too. Measured in this one run:
+
+    * throughput: the fast endpoints' deliveries/s for n events each, live, first without the
+      slow endpoint, then with it subscribed to the same events; `cost_pct` is the drop.
+      --rounds 2 or more alternates the phases (without, with, with, without, ...) and
+      compares medians, so a load that comes or goes mid-run on a shared machine does not
+      land on one side only. `--baseline prompt` subscribes a tenth endpoint that answers at
+      once in the "without" phases: on two busy cores one more endpoint's deliveries cost
+      throughput by themselves, and this tells that cost from the cost of slowness.
+    * latency: --rate events/s for --seconds, each event to one fast endpoint in turn (200/s
+      in all, as the latency scenario) and to the slow one; creation to arrival at the fast
+      endpoints.
+
+    A phase waits at most --timeout seconds (default 60) for the fast deliveries: a rate is
+    then what arrived by that time, and a missing delivery counts in the latency percentiles
+    with the time waited, so the figures never look better than the service was."""
+    secret = harness.new_standard_secret()
+    with (
+        harness.receiver({"*": secret}) as port,
+        harness.receiver({"*": secret}, slow={"/slow": args.slow}) as slow_port,
+    ):
+        slow_url = f"http://127.0.0.1:{slow_port}/slow"
+        prompt = (slow_port, f"http://127.0.0.1:{slow_port}/prompt") if args.baseline == "prompt" else ()
+        alone, shared = [], []
+        for i in range(2 * args.rounds):
+            if (i % 2 == 0) == (i // 2 % 2 == 0):  # A B B A A B ...
+                alone.append(fast_throughput(args, port, secret, *prompt))
+            else:
+                shared.append(fast_throughput(args, port, secret, slow_port, slow_url))
+        lat = fast_latency(args, port, secret, slow_port, slow_url)
+    without, with_slow = merge_phases(alone), merge_phases(shared)
+    cost = 1 - with_slow["deliveries_per_s"] / without["deliveries_per_s"] if without["deliveries_per_s"] else None
+    return {
+        "scenario": "isolation",
+        "fast_endpoints": args.endpoints,
+        "slow_seconds": args.slow,
+        "baseline": args.baseline,
+        "without_slow": without,
+        "with_slow": with_slow,
+        "cost_pct": None if cost is None else round(100 * cost, 1),
+        "latency": lat,
+    }
+
+
+def merge_phases(phases: list[dict]) -> dict:
+    """Several runs of one throughput phase as one: counts summed, the median rate, every rate."""
+    counts = ("deliveries", "received", "verified", "slow_received", "slow_verified")
+    merged = {k: sum(p[k] for p in phases) for k in counts if k in phases[0]}
+    merged["complete"] = all(p["complete"] for p in phases)
+    merged["deliveries_per_s"] = round(statistics.median(p["deliveries_per_s"] for p in phases), 1)
+    merged["rates"] = [p["deliveries_per_s"] for p in phases]
+    return merged
+
+
+def fast_throughput(args, port: int, secret: str, slow_port: int | None = None, slow_url: str = "") -> dict:
+    """n events to the fast endpoints (and to `slow_url` on the receiver at `slow_port`, if
+    given): the fast endpoints' deliveries/s from the first save to their last arrival (or to
+    giving up)."""
+    total = args.n * args.endpoints
+    reset_data()
+    for p in (port, slow_port) if slow_port else (port,):
+        harness.reset(p)
+    agent = make_org(args.endpoints, port, secret, (slow_url,) if slow_url else ())
+    worker = Worker(args.workers)
+    try:
+        t0 = time.time()
+        complete_steps_concurrently(agent, args.n, args.agents)
+        stats = wait_delivered(port, total, timeout=args.timeout)
+        gave_up = time.time()
+        slow = harness.stats(slow_port) if slow_port else None
+    finally:
+        worker.stop()
+    complete = stats["requests"] >= total
+    result = {
+        "deliveries": total,
+        "received": stats["requests"],
+        "verified": stats["verified"],
+        "complete": complete,
+        "deliveries_per_s": round(stats["requests"] / ((stats["last"] if complete else gave_up) - t0), 1),
+    }
+    if slow is not None:
+        result["slow_received"], result["slow_verified"] = slow["requests"], slow["verified"]
+    return result
+
+
+def fast_latency(args, port: int, secret: str, slow_port: int, slow_url: str) -> dict:
+    """--rate events/s for --seconds, round robin over the fast endpoints, all to the slow one."""
+    from deliveries.models import Event
+
+    reset_data()
+    harness.reset(port)
+    harness.reset(slow_port)
+    agents = make_scoped_org(args.endpoints, port, secret, slow_url)
+    n = int(args.rate * args.seconds)
+    warmup = int(args.rate * args.warmup)
+    steps = new_steps(agents, warmup + n)
+    worker = Worker(args.workers)
+    try:
+        # Steady state: the worker learns the slow endpoint is slow once (each process waits
+        # WEBHOOK_STRAGGLER_AFTER for it one time), during a warm-up that is not measured.
+        save_steps(steps[:warmup], rate=args.rate)
+        wait_delivered(port, warmup, timeout=args.timeout)
+        harness.reset(port)
+        measured_from = Event.objects.order_by("-created_at").values_list("created_at", flat=True).first()
+        save_steps(steps[warmup:], rate=args.rate)
+        stats = wait_delivered(port, n, timeout=args.timeout)
+        gave_up = time.time()
+        records = harness.records(port)
+        slow = harness.stats(slow_port)
+    finally:
+        worker.stop()
+    events = Event.objects.filter(created_at__gt=measured_from) if measured_from else Event.objects.all()
+    sent = {pk: created.timestamp() for pk, created in events.values_list("pk", "created_at")}
+    return {
+        "rate_per_s": args.rate,
+        "warmup_events": warmup,
+        "events": n,
+        "received": stats["requests"],
+        "verified": stats["verified"],
+        "slow_received": slow["requests"],
+        "slow_verified": slow["verified"],
+        "latency": harness.latencies(records, sent, missing_at=gave_up),
+    }
+
+
+def backlog(args) -> dict:
+    """n events x E endpoints (default 10,000 x 10 = 100,000 deliveries) published while no
+    worker runs, then one worker drains them: the peak RSS of all its processes, sampled
+    every --sample-interval s during the drain (a steady peak says memory is bounded by the
+    batch, not by the backlog), and the drain rate from its first to its last delivery."""
+    from deliveries import enqueue
+    from deliveries.models import Delivery
+
+    secret = harness.new_standard_secret()
+    total = args.n * args.endpoints
+    with harness.receiver({"*": secret}) as port:
+        reset_data()
+        agent = make_org(args.endpoints, port, secret)
+        t0 = time.time()
+        complete_steps_concurrently(agent, args.n, args.agents)
+        enqueue.flush(60)
+        published = time.time() - t0
+        worker = Worker(args.workers, extra_env=args.worker_env)
+        sampler = RssSampler(worker, args.sample_interval)
+        try:
+            stats = wait_delivered(port, total, timeout=args.timeout)
+        finally:
+            rss = sampler.stop()
+            worker.stop()
+        drain_seconds = (stats["last"] or time.time()) - (stats["first"] or time.time())
+        return {
+            "scenario": "backlog",
+            "workers": args.workers,
+            "deliveries": total,
+            "received": stats["requests"],
+            "verified": stats["verified"],
+            "succeeded_rows": Delivery.objects.filter(status="succeeded").count(),
+            "publish_seconds": round(published, 2),
+            "drain_seconds": round(drain_seconds, 2),
+            "deliveries_per_s": round(stats["requests"] / drain_seconds, 1) if drain_seconds > 0 else None,
+            "worker_rss_mb": rss,
+        }
+
+
+# Sizes that differ by scenario: the backlog is the 100,000-delivery one; isolation's phases
+# give up sooner, since a service that fails it may never finish them.
+DEFAULTS = {
+    "*": {"n": 2000, "endpoints": 10, "timeout": 300.0},
+    "isolation": {"n": 1000, "endpoints": 9, "timeout": 60.0},
+    "backlog": {"n": 10000},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["throughput", "overhead", "latency", "fanout"])
-    parser.add_argument("--rate", type=float, default=200, help="events per second (latency)")
-    parser.add_argument("--seconds", type=float, default=10, help="duration (latency)")
+    scenarios = {
+        "throughput": throughput,
+        "overhead": overhead,
+        "latency": latency,
+        "fanout": fanout,
+        "isolation": isolation,
+        "backlog": backlog,
+    }
+    parser.add_argument("scenario", choices=list(scenarios))
+    parser.add_argument("--rate", type=float, default=200, help="events per second (latency, isolation)")
+    parser.add_argument("--seconds", type=float, default=10, help="duration (latency, isolation)")
+    parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds at --rate first (isolation)")
     parser.add_argument("--saves", type=int, default=2000, help="saves of each kind (overhead)")
-    parser.add_argument("-n", type=int, default=2000, help="events")
-    parser.add_argument("--endpoints", type=int, default=10)
+    parser.add_argument("-n", type=int, help="events (default 2000; isolation 1000, backlog 10000)")
+    parser.add_argument("--endpoints", type=int, help="endpoints (default 10; isolation: the fast ones, 9)")
+    parser.add_argument("--slow", type=float, default=3.0, help="seconds the slow endpoint takes to answer (isolation)")
+    parser.add_argument("--rounds", type=int, default=1, help="throughput phases of each kind (isolation)")
+    parser.add_argument(
+        "--baseline",
+        choices=["none", "prompt"],
+        default="none",
+        help="isolation: without the slow endpoint, nothing else (none) or a prompt endpoint in its place (prompt)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (prefork children)")
-    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--broker", default=ENV["CELERY_BROKER_URL"], help="Celery broker URL (Redis db 13)")
+    parser.add_argument("--sample-interval", type=float, default=0.25, help="seconds between RSS samples (backlog)")
+    parser.add_argument("--timeout", type=float, help="seconds to wait for deliveries (default 300; isolation 60)")
     parser.add_argument("--mode", choices=["live", "drain"], default="live")
-    parser.add_argument("--agents", type=int, default=4, help="concurrent publishing threads (throughput)")
+    parser.add_argument("--agents", type=int, default=4, help="concurrent publishing threads (throughput, backlog)")
     args = parser.parse_args()
+    for name, value in {**DEFAULTS["*"], **DEFAULTS.get(args.scenario, {})}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.worker_env = {}
+    use_broker(args.broker)
     setup_django()
-    scenarios = {"throughput": throughput, "overhead": overhead, "latency": latency, "fanout": fanout}
     result = scenarios[args.scenario](args)
     result["loadavg"] = os.getloadavg()
     print(json.dumps(result))

@@ -1,24 +1,36 @@
 """The benchmark: our service and django-webhook on this machine, same receiver program, one
 table. Every figure is the median of --runs runs; ratios use medians from this same run.
 
-    python bench/run.py                 # full: 3 runs of every scenario (about 15 minutes)
-    python bench/run.py --smoke         # a few hundred deliveries, one run (CI keeps it working)
+    python bench/run.py                           # full: 3 runs of every scenario (about 30 minutes, estimated)
+    python bench/run.py --smoke                   # tiny sizes, one run (CI keeps ours.py's side working)
+    python bench/run.py --only isolation --runs 1 # one scenario (comma-separate several)
 
-Needs PostgreSQL and Redis on 127.0.0.1 (as the tests do). The peer's virtualenv is made by
-bench/peer/setup.sh on first use. Loopback only; every loop is bounded in count and time.
+Scenarios (--only): throughput (live and drain), overhead, latency, fanout, isolation (one
+endpoint answering in --slow seconds beside --isolation-endpoints fast ones), backlog (worker
+RSS while draining --backlog-events x --backlog-endpoints deliveries), scale (one worker
+process; RabbitMQ at --amqp-url instead of Redis; the two-process Redis figure is the
+throughput row, measured for scale too), peer (django-webhook). --smoke leaves scale out
+unless named: it is the throughput scenario again, with other flags.
+
+Needs PostgreSQL and Redis on 127.0.0.1 (as the tests do), and RabbitMQ for its scale row
+(reported as not reachable otherwise). The peer's virtualenv is made by bench/peer/setup.sh on
+first use. Loopback only; every loop is bounded in count and time.
 """
 
 import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 PEER_PY = BENCH / ".peer-venv" / "bin" / "python"
+SCENARIOS = ("throughput", "overhead", "latency", "fanout", "isolation", "backlog", "scale", "peer")
 
 
 def run_json(cmd: list[str], timeout: float) -> dict:
@@ -29,8 +41,8 @@ def run_json(cmd: list[str], timeout: float) -> dict:
     return json.loads(text[text.index("{") :]) if text.startswith("{") or "\n{" in text else json.loads(text)
 
 
-def ours(scenario: str, *args: str, timeout: float = 900) -> dict:
-    return run_json([sys.executable, str(BENCH / "ours.py"), scenario, *args], timeout)
+def ours(scenario: str, *args, timeout: float = 900) -> dict:
+    return run_json([sys.executable, str(BENCH / "ours.py"), scenario, *map(str, args)], timeout)
 
 
 def peer(n: int, overhead: int) -> dict:
@@ -40,65 +52,201 @@ def peer(n: int, overhead: int) -> dict:
     return run_json([*cmd, "--mode", "live", "--ceiling", "20000" if n >= 1000 else "2000"], 1800)
 
 
+def reachable(url: str) -> bool:
+    """Whether something listens at the URL's host and port (a broker that is not installed
+    makes its row say so instead of failing the whole run)."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return round(statistics.median(values), 3) if values else None
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """Every scenario's size is a flag; unset ones take the full or the --smoke default."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one run: checks the benchmark works")
+    parser.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(SCENARIOS)}")
+    sizes = {  # flag: (full, smoke, help)
+        "events": (2000, 30, "events of throughput and scale (x --endpoints)"),
+        "endpoints": (10, 10, "endpoints of throughput, scale and overhead"),
+        "saves": (2000, 200, "saves of each kind (overhead)"),
+        "rate": (200.0, 200.0, "events/s (latency, isolation)"),
+        "seconds": (10.0, 1.0, "duration at --rate (latency, isolation)"),
+        "fanout_endpoints": (500, 50, "endpoints of the one fanned-out event"),
+        "isolation_events": (1000, 10, "events for the isolation throughput phases"),
+        "isolation_endpoints": (9, 3, "fast endpoints beside the slow one"),
+        "slow": (3.0, 0.2, "seconds the slow endpoint takes to answer"),
+        "isolation_rounds": (1, 1, "throughput phases of each kind, alternated (2: without, with, with, without)"),
+        "isolation_timeout": (60.0, 30.0, "seconds an isolation phase waits for the fast deliveries"),
+        "backlog_events": (10000, 30, "events of the backlog (x --backlog-endpoints)"),
+        "backlog_endpoints": (10, 5, "endpoints of the backlog"),
+        "peer_events": (2000, 200, "django-webhook deliveries (live) and saves (overhead)"),
+    }
+    for name, (full, smoke, text) in sizes.items():
+        kind = type(full)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {full}; smoke {smoke})")
+    parser.add_argument(
+        "--isolation-baseline", choices=["none", "prompt"], default="none",
+        help="isolation's 'without' phase: no tenth endpoint (none, as the target says) or a prompt one",
+    )  # fmt: skip
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//", help="RabbitMQ (scale)")
     args = parser.parse_args()
-    runs = 1 if args.smoke else args.runs
-    events = 30 if args.smoke else 2000  # x 10 endpoints
-    peer_n = 200 if args.smoke else 2000
+    for name, (full, smoke, _text) in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"--only: unknown {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
+    args.only = set(chosen or (s for s in SCENARIOS if not (args.smoke and s == "scale")))
+    args.runs = 1 if args.smoke else args.runs
+    return args
 
-    rows: dict[str, list] = {k: [] for k in ("live", "drain", "over_med", "over_p99", "lat_p50", "lat_p99", "fan")}
-    peer_rows: dict[str, list] = {k: [] for k in ("live", "over_med", "over_p99", "ceiling")}
-    for _ in range(runs):
-        live = ours("throughput", "-n", str(events), "--endpoints", "10", "--mode", "live")
-        drain = ours("throughput", "-n", str(events), "--endpoints", "10", "--mode", "drain")
-        for result in (live, drain):
-            assert result["received"] == result["verified"] == result["deliveries"], result
-            assert result["attempt_rows"] == result["succeeded_rows"] == result["deliveries"], result
-        rows["live"].append(live["deliveries_per_s"])
-        rows["drain"].append(drain["deliveries_per_s"])
-        over = ours("overhead", "--saves", "200" if args.smoke else "2000", "--endpoints", "10")
-        rows["over_med"].append(over["overhead_median_ms"])
-        rows["over_p99"].append(over["overhead_p99_ms"])
-        lat = ours("latency", "--rate", "200", "--seconds", "1" if args.smoke else "10")
-        rows["lat_p50"].append(lat["latency"].get("median_ms"))
-        rows["lat_p99"].append(lat["latency"].get("p99_ms"))
-        fan = ours("fanout", "--endpoints", "50" if args.smoke else "500")
-        rows["fan"].append(fan["seconds_to_all"])
-        p = peer(peer_n, 200 if args.smoke else 2000)
-        peer_rows["live"].append(p["live"]["deliveries_per_s"])
-        peer_rows["over_med"].append(p["save_overhead"]["overhead_median_ms"])
-        peer_rows["over_p99"].append(p["save_overhead"]["overhead_p99_ms"])
-        peer_rows["ceiling"].append(p["receiver"]["ceiling"]["receiver_req_per_s"])
 
+def check_throughput(result: dict) -> dict:
+    """Every delivery arrived, verified, and logged, or the figure means nothing."""
+    assert result["received"] == result["verified"] == result["deliveries"], result
+    assert result["attempt_rows"] == result["succeeded_rows"] == result["deliveries"], result
+    return result
+
+
+def throughput(args, *extra) -> dict:
+    return check_throughput(ours("throughput", "-n", args.events, "--endpoints", args.endpoints, *extra))
+
+
+def run_once(args, rows: dict, peer_rows: dict) -> None:
+    """One run of every chosen scenario, figures appended to `rows` / `peer_rows`."""
+
+    def add(key: str, value) -> None:
+        rows.setdefault(key, []).append(value)
+
+    if args.only & {"throughput", "scale"}:
+        add("live", throughput(args, "--mode", "live")["deliveries_per_s"])
+    if "throughput" in args.only:
+        add("drain", throughput(args, "--mode", "drain")["deliveries_per_s"])
+    if "overhead" in args.only:
+        over = ours("overhead", "--saves", args.saves, "--endpoints", args.endpoints)
+        add("over_med", over["overhead_median_ms"])
+        add("over_p99", over["overhead_p99_ms"])
+    if "latency" in args.only:
+        lat = ours("latency", "--rate", args.rate, "--seconds", args.seconds)
+        add("lat_p50", lat["latency"].get("median_ms"))
+        add("lat_p99", lat["latency"].get("p99_ms"))
+    if "fanout" in args.only:
+        add("fan", ours("fanout", "--endpoints", args.fanout_endpoints)["seconds_to_all"])
+    if "isolation" in args.only:
+        iso = isolation(args)
+        add("iso_alone", iso["without_slow"]["deliveries_per_s"])
+        add("iso_shared", iso["with_slow"]["deliveries_per_s"])
+        add("iso_cost", iso["cost_pct"])
+        add("iso_p99", iso["latency"]["latency"].get("p99_ms"))
+    if "backlog" in args.only:
+        back = backlog(args)
+        add("backlog_rss", back["worker_rss_mb"]["peak_mb"])
+        add("backlog_rate", back["deliveries_per_s"])
+    if "scale" in args.only:
+        add("one_worker", throughput(args, "--mode", "live", "--workers", 1)["deliveries_per_s"])
+        if reachable(args.amqp_url):
+            add("rabbitmq", throughput(args, "--mode", "live", "--broker", args.amqp_url)["deliveries_per_s"])
+    if "peer" in args.only:
+        p = peer(args.peer_events, args.peer_events)
+        for key, value in (
+            ("live", p["live"]["deliveries_per_s"]),
+            ("over_med", p["save_overhead"]["overhead_median_ms"]),
+            ("over_p99", p["save_overhead"]["overhead_p99_ms"]),
+            ("ceiling", p["receiver"]["ceiling"]["receiver_req_per_s"]),
+        ):
+            peer_rows.setdefault(key, []).append(value)
+
+
+def isolation(args) -> dict:
+    """The slow-endpoint scenario. Its figures stand even when the service never finished a
+    phase (they are then bounded by --isolation-timeout); only signatures must all verify."""
+    phases = 2 * args.isolation_rounds + 1  # each may wait its full timeout, plus a worker start and stop
+    result = ours(
+        "isolation", "-n", args.isolation_events, "--endpoints", args.isolation_endpoints, "--slow", args.slow,
+        "--rate", args.rate, "--seconds", args.seconds, "--timeout", args.isolation_timeout,
+        "--rounds", args.isolation_rounds, "--baseline", args.isolation_baseline,
+        timeout=120 + phases * (args.isolation_timeout + args.seconds + 30),
+    )  # fmt: skip
+    for phase in (result["without_slow"], result["with_slow"], result["latency"]):
+        assert phase["received"] == phase["verified"], result
+        assert phase.get("slow_received", 0) == phase.get("slow_verified", 0), result
+    assert result["without_slow"]["complete"], result  # without the slow endpoint it must all arrive
+    return result
+
+
+def backlog(args) -> dict:
+    result = ours("backlog", "-n", args.backlog_events, "--endpoints", args.backlog_endpoints)
+    assert result["received"] == result["verified"] == result["succeeded_rows"] == result["deliveries"], result
+    return result
+
+
+def table(args, m: dict, pm: dict) -> list[tuple]:
+    """(scenario, ours, peer, ratio, target, ok) for every figure measured; ok None: reported."""
+    ratio = round(m["live"] / pm["live"], 1) if m.get("live") and pm.get("live") else None
+
+    def at_most(key: str, limit: float) -> bool | None:
+        return None if m.get(key) is None else m[key] <= limit
+
+    if m.get("live") is None:
+        live_target, live_ok = ">= 1000 and >= 10x peer", None
+    elif pm.get("live"):
+        live_target, live_ok = ">= 1000 and >= 10x peer", m["live"] >= 1000 and (ratio or 0) >= 10
+    else:  # the peer was not run (--only): judge what was measured
+        live_target, live_ok = ">= 1000 (peer not run)", m["live"] >= 1000
+    cost_ok, iso_p99_ok = None if m.get("iso_cost") is None else m["iso_cost"] < 10, at_most("iso_p99", 250)
+    backlog = f"{args.backlog_events * args.backlog_endpoints:,}"
+    fast, slow = args.isolation_endpoints, f"{args.slow:g} s"
+    alone = "+ one prompt ep" if args.isolation_baseline == "prompt" else "alone"
+    rows = [
+        ("live", "throughput, live (deliveries/s)", pm.get("live"), ratio, live_target, live_ok),
+        ("drain", "throughput, drain backlog (deliveries/s)", None, None, "(reported)", None),
+        ("over_med", "emission overhead p50 (ms)", pm.get("over_med"), None, "<= 1", at_most("over_med", 1)),
+        ("over_p99", "emission overhead p99 (ms)", pm.get("over_p99"), None, "<= 2", at_most("over_p99", 2)),
+        ("lat_p50", f"latency at {args.rate:g} ev/s p50 (ms)", None, None, "<= 50", at_most("lat_p50", 50)),
+        ("lat_p99", f"latency at {args.rate:g} ev/s p99 (ms)", None, None, "<= 250", at_most("lat_p99", 250)),
+        ("fan", f"fan-out 1 event -> {args.fanout_endpoints} endpoints (s)", None, None, "<= 2", at_most("fan", 2)),
+        ("iso_alone", f"isolation: {fast} fast eps {alone} (deliveries/s)", None, None, "(reported)", None),
+        ("iso_shared", f"isolation: same + one {slow} ep (deliveries/s)", None, None, "(reported)", None),
+        ("iso_cost", "isolation: fast eps' throughput lost (%)", None, None, "< 10", cost_ok),
+        ("iso_p99", f"isolation: fast eps' p99 at {args.rate:g} ev/s (ms)", None, None, "<= 250", iso_p99_ok),
+        ("backlog_rss", f"backlog {backlog}: worker peak RSS (MiB)", None, None, "(reported)", None),
+        ("backlog_rate", f"backlog {backlog}: drain (deliveries/s)", None, None, "(reported)", None),
+        ("one_worker", "throughput, live, 1 worker process (del/s)", None, None, "(reported)", None),
+        ("rabbitmq", "throughput, live, RabbitMQ broker (del/s)", None, None, "(reported)", None),
+    ]  # fmt: skip
+    out = [(name, m.get(key), p, r, target, ok) for key, name, p, r, target, ok in rows if key in m or p is not None]
+    if "scale" in args.only and "rabbitmq" not in m:
+        out.append(("throughput, live, RabbitMQ broker (del/s)", None, None, None, "(RabbitMQ not reachable)", None))
+    if pm.get("ceiling") is not None:
+        out.append(("receiver ceiling (req/s)", pm["ceiling"], None, None, "not the bottleneck", None))
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    rows: dict[str, list] = {}
+    peer_rows: dict[str, list] = {}
+    for _ in range(args.runs):
+        run_once(args, rows, peer_rows)
     m = {k: median(v) for k, v in rows.items()}
     pm = {k: median(v) for k, v in peer_rows.items()}
-    ratio = round(m["live"] / pm["live"], 1) if m["live"] and pm["live"] else None
-    table = [
-        ("throughput, live (deliveries/s)", m["live"], pm["live"], ratio, ">= 1000 and >= 10x peer",
-         m["live"] is not None and m["live"] >= 1000 and (ratio or 0) >= 10),
-        ("throughput, drain backlog (deliveries/s)", m["drain"], None, None, "(reported)", None),
-        ("emission overhead p50 (ms)", m["over_med"], pm["over_med"], None, "<= 1", m["over_med"] <= 1),
-        ("emission overhead p99 (ms)", m["over_p99"], pm["over_p99"], None, "<= 2", m["over_p99"] <= 2),
-        ("latency at 200 ev/s p50 (ms)", m["lat_p50"], None, None, "<= 50", (m["lat_p50"] or 1e9) <= 50),
-        ("latency at 200 ev/s p99 (ms)", m["lat_p99"], None, None, "<= 250", (m["lat_p99"] or 1e9) <= 250),
-        ("fan-out 1 event -> 500 endpoints (s)", m["fan"], None, None, "<= 2", (m["fan"] or 1e9) <= 2),
-        ("receiver ceiling (req/s)", pm["ceiling"], None, None, "not the bottleneck", None),
-    ]  # fmt: skip
     print(f"machine: {os.cpu_count()} cpus, {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}, load {os.getloadavg()}, runs={runs}"
+          f"python {platform.python_version()}, load {os.getloadavg()}, runs={args.runs}"
           f"{' (SMOKE: sizes too small to mean anything)' if args.smoke else ''}")  # fmt: skip
-    print(f"{'scenario':42} {'ours':>10} {'peer':>10} {'ratio':>6}  {'target':24} result")
-    for name, value, peer_value, r, target, ok in table:
+    print(f"{'scenario':50} {'ours':>10} {'peer':>10} {'ratio':>6}  {'target':24} result")
+    for name, value, peer_value, r, target, ok in table(args, m, pm):
         verdict = "-" if ok is None else ("pass" if ok else "FAIL")
-        print(f"{name:42} {value!s:>10} {peer_value!s:>10} {r!s:>6}  {target:24} {verdict}")
+        print(f"{name:50} {value!s:>10} {peer_value!s:>10} {r!s:>6}  {target:24} {verdict}")
     print(json.dumps({"ours": rows, "peer": peer_rows}))
 
 

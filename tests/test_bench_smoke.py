@@ -32,3 +32,21 @@ def test_overhead_and_fanout_scenarios_run():
     assert over["hooked_save"]["n"] == over["bare_save"]["n"] > 0
     fan = bench("fanout", "--endpoints", "20")
     assert fan["received"] == fan["verified"] == 20
+
+
+def test_isolation_scenario_runs():
+    """A slow endpoint (0.2 s here, not 3) beside two fast ones: every delivery that arrived at
+    either receiver verified; without the slow one, all of them arrived."""
+    sizes = ["-n", "5", "--endpoints", "2", "--rate", "20", "--seconds", "0.5"]
+    result = bench("isolation", *sizes, "--slow", "0.2", "--timeout", "30")
+    alone, shared, lat = result["without_slow"], result["with_slow"], result["latency"]
+    assert alone["complete"] and alone["received"] == alone["verified"] == 10
+    assert shared["received"] == shared["verified"] and shared["slow_received"] == shared["slow_verified"]
+    assert lat["events"] == 10 and lat["received"] == lat["verified"] and lat["slow_received"] == lat["slow_verified"]
+    assert lat["latency"]["n"] == 10 and result["cost_pct"] is not None
+
+
+def test_backlog_scenario_drains_with_one_worker_process():
+    result = bench("backlog", "-n", "30", "--endpoints", "5", "--workers", "1")
+    assert result["received"] == result["verified"] == result["succeeded_rows"] == 150
+    assert result["worker_rss_mb"]["peak_mb"] > 0 and result["deliveries_per_s"] > 0
