@@ -3,7 +3,7 @@
     from deliveries.events import publish
     publish("agent.step.completed", organization=org, agent=agent, data={...})
 
-The Event row is written in the caller's transaction (inside a savepoint) and its id handed to
+The Event row is written in the caller's transaction and its id handed to
 the broker only after that transaction commits; the worker then creates one Delivery per
 subscribed endpoint (`fanout`). So a rolled-back change publishes nothing, a committed one
 always has its event on record even if the broker is down (the sweeper takes it from there),
@@ -16,7 +16,7 @@ import logging
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from . import enqueue, fanout
@@ -37,6 +37,10 @@ class Target:
 
 class PayloadTooLarge(ValueError):
     pass
+
+
+TYPE_MAX = Event._meta.get_field("type").max_length
+DEDUPE_KEY_MAX = Event._meta.get_field("dedupe_key").max_length
 
 
 def isoformat(moment: datetime.datetime) -> str:
@@ -89,19 +93,38 @@ def publish(
                 f"{event_type} payload is {len(event.body)} bytes, over WEBHOOK_MAX_PAYLOAD_BYTES "
                 f"({settings.WEBHOOK_MAX_PAYLOAD_BYTES})"
             )
-        with transaction.atomic():
-            event.save(force_insert=True)
-    except IntegrityError:
-        if dedupe_key and Event.objects.filter(dedupe_key=dedupe_key).exists():
+        if len(event_type) > TYPE_MAX or (dedupe_key and len(dedupe_key) > DEDUPE_KEY_MAX):
+            raise ValueError(f"event type or dedupe key too long: {event_type[:TYPE_MAX]!r}")
+        if not _insert(event):
             logger.debug("event %s already published (%s)", event_type, dedupe_key)
-        else:
-            logger.exception("could not record event %s", event_type)
-        return None
+            return None
     except Exception:
         logger.exception("could not record event %s", event_type)
         return None
     transaction.on_commit(lambda: enqueue.submit_events([event.pk]))
     return event
+
+
+def _insert(event: Event) -> bool:
+    """INSERT the event unless its dedupe key is taken; say whether it was inserted.
+
+    One statement, no savepoint: `ON CONFLICT DO NOTHING` turns a duplicate key into "no row"
+    instead of an error, and nothing else in it can fail a constraint (the id is a fresh ULID,
+    lengths are checked before, foreign keys are checked at commit). A savepoint would cost
+    two more round trips on every save that publishes.
+    """
+    fields = Event._meta.concrete_fields
+    values = [f.get_db_prep_save(f.pre_save(event, True), connection) for f in fields]
+    quote = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {quote(Event._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING RETURNING {quote(Event._meta.pk.column)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        inserted = cursor.fetchone() is not None
+    event._state.adding = not inserted
+    return inserted
 
 
 def send_test(endpoint) -> Delivery:

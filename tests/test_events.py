@@ -8,7 +8,7 @@ import json
 import logging
 
 import pytest
-from django.db import connection
+from django.db import transaction
 
 from agents_hooks.models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecution
 from deliveries.events import publish
@@ -111,11 +111,10 @@ def test_oversize_payload_is_refused_but_the_save_succeeds(agent, settings, capl
 
 
 def test_broken_webhook_code_never_breaks_the_save(agent, monkeypatch, caplog):
-    def broken(self, *args, **kwargs):
-        with connection.cursor() as cursor:  # a real database error, which aborts a transaction
-            cursor.execute("SELECT * FROM event_table_that_is_gone_missing")
+    def broken(value):
+        raise TypeError("a bug in building the event")
 
-    monkeypatch.setattr(Event, "save", broken)
+    monkeypatch.setattr("deliveries.events.dumps", broken)
     step = Step.objects.create(agent=agent)
     step.status = "success"
     with caplog.at_level(logging.ERROR, logger="deliveries"):
@@ -123,8 +122,24 @@ def test_broken_webhook_code_never_breaks_the_save(agent, monkeypatch, caplog):
     step.refresh_from_db()
     assert step.status == "success"
     assert step.completed_at is not None
-    assert events() == []  # the savepoint rolled back, the step's own transaction did not
-    assert "event_table_that_is_gone_missing" in caplog.text
+    assert events() == []
+    assert "a bug in building the event" in caplog.text
+
+
+def test_a_duplicate_publish_inside_the_callers_transaction_leaves_it_usable(org, agent):
+    with transaction.atomic():
+        assert publish("agent.custom.thing", organization=org, data={}, dedupe_key="same") is not None
+        assert publish("agent.custom.thing", organization=org, data={}, dedupe_key="same") is None
+        Message.objects.create(agent=agent, content="still fine")  # the transaction is not aborted
+    assert Message.objects.filter(content="still fine").exists()
+    assert len(events("agent.custom.thing")) == 1
+
+
+def test_an_overlong_event_type_is_refused_before_the_database(org, caplog):
+    with caplog.at_level(logging.ERROR, logger="deliveries"), transaction.atomic():
+        assert publish("agent." + "x" * 200, organization=org, data={}) is None
+        Agent.objects.create(organization=org, name="after")  # the transaction is not aborted
+    assert "too long" in caplog.text
 
 
 def test_bulk_update_bypasses_signals_as_documented(agent):
