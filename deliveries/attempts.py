@@ -385,9 +385,17 @@ def _redacted(headers: dict[str, str]) -> dict[str, str]:
 
 def _log(delivery, request, response, outcome) -> None:
     what = response.status_code if response.status_code is not None else response.error
+    url = _without_query(request.url)
     if outcome.status == DeliveryStatus.SUCCEEDED:
-        logger.info("delivery %s to %s: %s in %d ms", delivery.pk, request.url, what, response.duration_ms)
+        logger.info("delivery %s to %s: %s in %d ms", delivery.pk, url, what, response.duration_ms)
     elif outcome.status == DeliveryStatus.PENDING:
-        logger.warning("delivery %s to %s: %s, retry in %ss", delivery.pk, request.url, what, outcome.delay)
+        logger.warning("delivery %s to %s: %s, retry in %ss", delivery.pk, url, what, outcome.delay)
     else:
-        logger.warning("delivery %s to %s: %s, %s", delivery.pk, request.url, what, outcome.status)
+        logger.warning("delivery %s to %s: %s, %s", delivery.pk, url, what, outcome.status)
+
+
+def _without_query(url: str) -> str:
+    """A URL fit for the log: receivers put tokens in query strings, and logs travel further
+    than the attempt log (which keeps the URL whole, for the endpoint's owner)."""
+    base, sep, _ = url.partition("?")
+    return f"{base}?[redacted]" if sep else base

@@ -69,6 +69,8 @@ class Lane:
         # deferral, so the recorder never forgets one that was deferred while it looked.
         self.waiting: dict[Target, int] = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
+        self.recording = False
+        self.closing = False  # shutting down: record what finishes, start nothing new
         threading.Thread(target=self._record_forever, name="webhooks-recorder", daemon=True).start()
 
     # --- called by a task --------------------------------------------------------------
@@ -154,14 +156,18 @@ class Lane:
                 except queue.Empty:
                     break
             jobs = [j for j in jobs if j is not None]
+            self.recording = True
             close_old_connections()  # this thread's connection may have been dropped
             try:
                 if jobs:
                     attempts.record_late(jobs)
-                self._refill(attempts)
+                if not self.closing:
+                    self._refill(attempts)
             except Exception:
                 # The deliveries stay leased or due: the sweeper sends them again.
                 logger.exception("slow lane: could not record %d attempts", len(jobs))
+            finally:
+                self.recording = False
 
     def _refill(self, attempts) -> None:
         """Pull deferred deliveries back into the slow lane, as far as there is room."""
@@ -191,10 +197,31 @@ class Lane:
     def _free(self) -> int:
         return settings.WEBHOOK_HTTP_CONCURRENCY - self.total
 
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the requests in flight to finish and be recorded
+        (a worker shutting down calls this); say whether they all were. Deferred deliveries
+        are not waited for: they are in the database, due."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                idle = self.total == 0 and self.finished.empty() and not self.recording
+            if idle:
+                return True
+            time.sleep(0.05)
+        return False
+
 
 _lane: Lane | None = None
 _lane_pid: int | None = None
 _lane_lock = threading.Lock()
+
+
+def drain(timeout: float) -> bool:
+    """Let this process's slow lane finish before it exits (nothing to do if it has none)."""
+    if _lane is None or _lane_pid != os.getpid():
+        return True
+    _lane.closing = True
+    return _lane.drain(timeout)
 
 
 def current() -> Lane:

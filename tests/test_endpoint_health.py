@@ -3,13 +3,14 @@ enabling it sends them. (The worker's attempt code runs in this process here, so
 can be set per test; the resumed deliveries go through the real worker.)"""
 
 import datetime
+import logging
 
 from django.utils import timezone
 
 from deliveries import attempts, recovery
 from deliveries.events import publish
 from deliveries.fanout import fan_out
-from deliveries.models import Delivery
+from deliveries.models import Attempt, Delivery
 from tests.support import wait_until
 from webhooks.models import Endpoint
 
@@ -63,3 +64,13 @@ def test_first_failure_starts_the_clock_without_disabling(live, org, make_endpoi
     attempts.send_claimed(record_event(org))
     endpoint.refresh_from_db()
     assert endpoint.is_active and endpoint.failing_since is not None
+
+
+def test_log_lines_leave_out_the_urls_query_string(live, org, make_endpoint, caplog):
+    make_endpoint("/hook?token=s3cr3t-in-the-url")
+    with caplog.at_level(logging.INFO, logger="deliveries"):
+        attempts.send_claimed(record_event(org))
+    assert "/hook?[redacted]: 200" in caplog.text
+    assert "s3cr3t" not in caplog.text
+    # The attempt log, which only the endpoint's owner sees, keeps the URL as configured.
+    assert Attempt.objects.get().url.endswith("/hook?token=s3cr3t-in-the-url")

@@ -5,11 +5,15 @@ The test worker runs with WEBHOOK_STRAGGLER_AFTER=0.3 and WEBHOOK_ENDPOINT_CONCU
 """
 
 import re
+import uuid
 
 from agents_hooks.models import Step
+from deliveries.events import publish
+from deliveries.fanout import fan_out
 from deliveries.models import Attempt, Delivery
+from deliveries.tasks import deliver_batch
 from tests.receiver import Reply
-from tests.support import wait_until
+from tests.support import Worker, wait_until
 
 SLOW = 1.5
 STRAGGLED = r"requests still running after 0.3s go on in the slow lane"
@@ -86,3 +90,25 @@ def test_a_slow_failure_is_retried_from_the_slow_lane(live, agent, make_endpoint
     assert first.duration_ms >= SLOW * 1000 - 50
     # Retried after the backoff (1 s in the tests), counted from the slow answer.
     assert (second.started_at - first.started_at).total_seconds() >= SLOW + 1 - 0.1
+
+
+def test_a_warm_shutdown_finishes_and_records_the_slow_lane(live, org, make_endpoint, tmp_path):
+    endpoint = make_endpoint("/slow")
+    live.script("/slow", [Reply(200, delay=SLOW)])
+    queue = f"shutdown-{uuid.uuid4().hex[:8]}"
+    own = Worker(tmp_path / "own.log", extra_env={"CELERY_QUEUE": queue}, beat=False)
+    try:
+        event = publish("agent.custom.thing", organization=org, data={"n": 1})
+        (delivery,) = fan_out([event.pk])
+        Delivery.objects.filter(pk=delivery.pk).update(lease=None, locked_until=None)
+        deliver_batch.apply_async(([delivery.pk],), queue=queue)
+        live.wait_for(1, path="/slow")
+        own.wait_log(r"go on in the slow lane")  # the task is done; the POST still running
+        own.stop()  # SIGTERM while the receiver still holds the request
+    finally:
+        own.stop()
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded" and delivery.lease is None
+    (attempt,) = Attempt.objects.filter(delivery=delivery)
+    assert attempt.status_code == 200 and attempt.duration_ms >= SLOW * 1000 - 50
+    assert len(live.received("/slow")) == 1

@@ -1,10 +1,11 @@
 """The Celery app. Configuration comes from Django settings (CELERY_* names)."""
 
+import logging
 import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webhooks_project.settings")
 
@@ -20,3 +21,16 @@ def _mark_ready(**kwargs) -> None:
     path = os.environ.get("CELERY_READY_FILE")
     if path:
         Path(path).touch()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _finish_slow_lane(**kwargs) -> None:
+    """On a warm shutdown, requests still running in the slow lane are finished and recorded
+    (up to the request timeout) rather than left to run out their lease and be sent again."""
+    from django.conf import settings
+
+    from deliveries import lanes
+
+    if not lanes.drain(settings.WEBHOOK_CONNECT_TIMEOUT + settings.WEBHOOK_TIMEOUT):
+        logging.getLogger("deliveries.lanes").warning("shutdown: slow-lane requests unfinished; the sweeper resends them")
