@@ -289,7 +289,12 @@ def _record(jobs: list[lanes.Job]) -> list[Outcome]:
             gone_endpoints.add(delivery.endpoint_id)
         outcomes.append(outcome)
         _log(delivery, request, response, outcome)
-    succeeded = {d.endpoint_id for d in deliveries if d.kind == DeliveryKind.ENDPOINT and d.status == "succeeded"}
+    # Only endpoints that were failing when loaded need their clock reset: no UPDATE otherwise.
+    succeeded = {
+        d.endpoint_id
+        for d in deliveries
+        if d.kind == DeliveryKind.ENDPOINT and d.status == "succeeded" and d.endpoint.failing_since is not None
+    }
     failed = {d.endpoint_id for d in deliveries if d.kind == DeliveryKind.ENDPOINT and d.status != "succeeded"}
     with transaction.atomic():  # one commit for the whole batch's log
         relaxed_commit()
@@ -315,11 +320,21 @@ def relaxed_commit() -> None:
     an event the caller committed is durable. If the database itself crashes, the last fraction
     of a second of this bookkeeping can be lost; the deliveries it concerned are then still
     pending, and are sent again once their lease ends: at least once, never zero times. In
-    exchange a worker does not wait for a disk flush per batch.
+    exchange a worker does not wait for a disk flush per batch. Worker processes set this once
+    per connection (`relax_session`), which saves the statement here on every batch.
     """
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and not getattr(connection, "webhooks_relaxed", False):
         with connection.cursor() as cursor:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def relax_session(sender, connection, **kwargs) -> None:
+    """`connection_created` receiver for worker processes, whose every write is bookkeeping
+    of the kind `relaxed_commit` describes: the whole session commits that way."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO OFF")
+        connection.webhooks_relaxed = True
 
 
 def _save_outcomes(deliveries: list[Delivery], leases: list[str | None]) -> None:

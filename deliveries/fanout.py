@@ -21,6 +21,7 @@ import datetime
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from webhooks.models import Endpoint
@@ -39,11 +40,12 @@ def fan_out(event_ids: list[str], *, take_backlog: bool = False) -> list[Deliver
     with transaction.atomic():
         relaxed_commit()
         locked = waiting.select_for_update(skip_locked=True)
-        events = list(locked.filter(pk__in=event_ids))
-        room = settings.WEBHOOK_FANOUT_BATCH - len(events)
-        if take_backlog and room > 0:
+        if take_backlog:  # one query: these events and the oldest overdue ones, oldest first
             overdue = timezone.now() - datetime.timedelta(seconds=settings.WEBHOOK_BACKLOG_AFTER)
-            events += locked.filter(created_at__lte=overdue).exclude(pk__in=event_ids).order_by("created_at")[:room]
+            wanted = Q(pk__in=event_ids) | Q(created_at__lte=overdue)
+            events = list(locked.filter(wanted).order_by("created_at")[: max(settings.WEBHOOK_FANOUT_BATCH, len(event_ids))])
+        else:
+            events = list(locked.filter(pk__in=event_ids))
         if not events:
             return []
         now = timezone.now()

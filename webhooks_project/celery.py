@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webhooks_project.settings")
 
@@ -21,6 +21,18 @@ def _mark_ready(**kwargs) -> None:
     path = os.environ.get("CELERY_READY_FILE")
     if path:
         Path(path).touch()
+
+
+@worker_init.connect
+def _relaxed_commits(**kwargs) -> None:
+    """A worker's writes are all bookkeeping: its connections commit without waiting for the
+    WAL flush (deliveries.attempts.relaxed_commit says why that is safe). Pool processes
+    forked later inherit the receiver."""
+    from django.db.backends.signals import connection_created
+
+    from deliveries.attempts import relax_session
+
+    connection_created.connect(relax_session, weak=False)
 
 
 @worker_process_shutdown.connect
