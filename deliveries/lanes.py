@@ -118,8 +118,16 @@ class Lane:
         if self.total >= settings.WEBHOOK_HTTP_CONCURRENCY:
             return False
         self._count(job.target, +1)
-        self.slow_pool.submit(self._post, job).add_done_callback(lambda _f: self._done(job))
+        # Not add_done_callback: it runs `_done` at once, here, if the request has already
+        # finished, and `_done` takes the lock our caller holds (a deadlock of the process).
+        self.slow_pool.submit(self._post_then_done, job)
         return True
+
+    def _post_then_done(self, job: Job) -> None:
+        try:
+            self._post(job)
+        finally:
+            self._done(job)
 
     def _count(self, target: Target, delta: int) -> None:
         self.in_flight[target] = self.in_flight.get(target, 0) + delta
