@@ -2,13 +2,16 @@
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,24 +37,35 @@ def child_database_url() -> str:
 
 
 class Worker:
-    """A `celery worker` process (with embedded beat) on the test database."""
+    """A `celery worker` process (with embedded beat, unless `beat=False`) on the test database."""
 
-    def __init__(self, log_path: Path, extra_env: dict | None = None, pool: str = "threads", concurrency: int = 8):
+    def __init__(
+        self,
+        log_path: Path,
+        extra_env: dict | None = None,
+        pool: str = "threads",
+        concurrency: int = 8,
+        beat: bool = True,
+    ):
         self.log_path = log_path
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": child_database_url()}
         env.update(extra_env or {})
         self.env = env
         cmd = [
-            sys.executable, "-m", "celery", "-A", "webhooks_project", "worker", "-B",
-            "-s", str(log_path.with_suffix(".beat")), "--pool", pool, "-c", str(concurrency),
+            sys.executable, "-m", "celery", "-A", "webhooks_project", "worker",
+            *(["-B", "-s", str(log_path.with_suffix(".beat"))] if beat else []), "--pool", pool, "-c", str(concurrency),
             "-l", "info", "-Q", env["CELERY_QUEUE"], "-n", self.name, "--without-mingle", "--without-gossip",
         ]  # fmt: skip
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self.wait_log(r"ready\.", timeout=60)
+        try:
+            self.wait_log(r"ready\.", timeout=60)
+        except BaseException:
+            self.stop()  # not left running when it never became ready
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -83,3 +97,45 @@ class Worker:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (same binary as the suite's Redis), on `port`, that
+    the test can stop and start again without disturbing anything else. No persistence: a
+    restart comes back empty, as a broker that lost its messages."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        binary = shutil.which("redis-server")
+        if not binary:
+            pytest.fail("redis-server binary not found: the broker outage tests need it (they are not skipped)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self.up, timeout=10, message="private redis to start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False

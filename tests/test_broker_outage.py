@@ -7,16 +7,13 @@ disturbing anything else, with its own worker and beat.
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import uuid
 
-import pytest
-
 from deliveries.models import Delivery, Event
-from tests.support import ROOT, Worker, child_database_url, wait_until
+from tests.support import ROOT, PrivateRedis, Worker, child_database_url, wait_until
 
 AGENT_SCRIPT = """
 import json, time
@@ -29,34 +26,6 @@ started = time.perf_counter()
 step.save()
 print(json.dumps({{"save_seconds": time.perf_counter() - started}}))
 """
-
-
-class PrivateRedis:
-    def __init__(self, port: int):
-        self.port = port
-        self.proc = None
-
-    def start(self):
-        binary = shutil.which("redis-server")
-        if not binary:
-            pytest.fail("redis-server binary not found: the broker outage test needs it (it is not skipped)")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(self.up, timeout=10, message="private redis to start")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
 
 def test_broker_down_during_save_then_delivered_by_the_sweeper(live, agent, make_endpoint, tmp_path):

@@ -1,0 +1,273 @@
+"""Faults with real processes (issue #4): the worker's database connections dropped, Redis
+stopped while agents keep saving, two workers and beat racing over one backlog.
+
+Each test runs its own workers on a private queue (and, for the Redis outage, a private
+redis-server), and publishes from an agent process of its own on that queue, so the suite's
+shared worker stays out of it. Waits are on conditions with deadlines, never fixed sleeps.
+"""
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.db.models import Count
+
+from agents_hooks.models import Step
+from deliveries.models import Attempt, Delivery, Event
+from tests.receiver import Reply
+from tests.support import ROOT, PrivateRedis, Worker, child_database_url, wait_until
+
+pytestmark = pytest.mark.slow
+
+AGENT_SCRIPT = """
+import json, sys, time
+import django
+django.setup()
+from agents_hooks.models import Step
+from deliveries import enqueue
+flush_seconds, step_ids = float(sys.argv[1]), sys.argv[2:]
+seconds = []
+for step_id in step_ids:
+    step = Step.objects.get(pk=step_id)
+    step.status = "success"
+    started = time.perf_counter()
+    step.save()
+    seconds.append(time.perf_counter() - started)
+enqueue.flush(flush_seconds)
+print(json.dumps({"save_seconds": seconds}))
+"""
+
+SWEEP_DONE = re.compile(r"Task deliveries\.tasks\.sweep\[[^\]]+\] succeeded")
+DELIVERED = re.compile(r"delivery \d+ to \S+: 200 in")
+
+
+def start_agent(steps: list[Step], env: dict, flush_seconds: float = 10.0) -> subprocess.Popen:
+    """An agent process of its own that completes `steps`, one save each, and publishes with
+    `env` (broker, queue)."""
+    child_env = {**os.environ, **env, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": child_database_url()}
+    return subprocess.Popen(
+        [sys.executable, "-c", AGENT_SCRIPT, str(flush_seconds), *(s.id for s in steps)],
+        cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def agent_finished(agent: subprocess.Popen) -> list[float]:
+    """Wait for the agent process; return each save's duration in seconds."""
+    stdout, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    return json.loads(stdout.strip().splitlines()[-1])["save_seconds"]
+
+
+def complete_steps(steps: list[Step], env: dict, flush_seconds: float = 10.0) -> list[float]:
+    return agent_finished(start_agent(steps, env, flush_seconds))
+
+
+def start_workers(*specs: tuple[Path, dict]) -> list[Worker]:
+    """Start a Worker per (log path, keyword arguments) at the same time; all or none."""
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = [pool.submit(Worker, log_path, **kwargs) for log_path, kwargs in specs]
+    errors = [f.exception() for f in futures if f.exception()]
+    if errors:
+        for f in futures:
+            if not f.exception():
+                f.result().stop()
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+def sweeps(*workers: Worker) -> int:
+    return sum(len(SWEEP_DONE.findall(w.log())) for w in workers)
+
+
+def wait_for_sweeps(workers: list[Worker], count: int, timeout: float = 30.0) -> None:
+    """Wait until beat's sweep has run `count` more times, on any of `workers`."""
+    target = sweeps(*workers) + count
+    wait_until(lambda: sweeps(*workers) >= target, timeout, message=f"{count} more sweeps")
+
+
+def webhook_ids(receiver, path: str) -> collections.Counter:
+    return collections.Counter(r.headers["webhook-id"] for r in receiver.received(path))
+
+
+def all_succeeded(count: int):
+    return lambda: Delivery.objects.filter(status="succeeded").count() == count
+
+
+def assert_one_successful_attempt_each(deliveries: int) -> None:
+    assert Delivery.objects.count() == deliveries
+    per_delivery = Delivery.objects.annotate(n=Count("attempts")).values_list("n", flat=True)
+    assert collections.Counter(per_delivery) == {1: deliveries}
+    assert set(Attempt.objects.values_list("status_code", flat=True)) == {200}
+
+
+@pytest.fixture
+def receiver_only(transactional_db, receiver):
+    """Committed data and a clean receiver, without the suite's shared worker."""
+    receiver.reset()
+    return receiver
+
+
+def terminate_connections(application_name: str) -> int:
+    """Kill every server process serving `application_name` on the test database, as an
+    administrator (or a failover) would; return how many there were."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = %s",
+            [application_name],
+        )
+        return len(cursor.fetchall())
+
+
+def test_worker_recovers_when_its_database_connections_are_dropped(receiver_only, agent, make_endpoint, tmp_path):
+    receiver = receiver_only
+    env = {
+        "CELERY_QUEUE": f"pgdrop-{uuid.uuid4().hex[:8]}",
+        "WEBHOOK_LEASE_MARGIN": "1",  # lease = connect 2 s + timeout 2 s + 1 s
+        "STEP_COMPLETE_TIMEOUT": "2",
+        "WEBHOOK_SWEEP_GRACE": "1",
+    }
+    # libpq names the worker's connections, so exactly they can be told apart and killed.
+    app_name = f"faults-worker-{uuid.uuid4().hex[:8]}"
+    make_endpoint("/pg")
+    steps = [agent.steps.create() for _ in range(7)]
+    worker = Worker(tmp_path / "worker.log", extra_env={**env, "PGAPPNAME": app_name})
+    pid = worker.proc.pid
+    try:
+        complete_steps(steps[:1], env)
+        receiver.wait_for(1, path="/pg")
+        wait_until(all_succeeded(1), message="the first delivery to succeed")
+
+        # Mid-batch: while the POSTs are in flight (each answered after a second), every
+        # connection the worker holds is killed, as soon as it holds one.
+        receiver.script("/pg", [Reply(200, delay=1.0)] * 3)
+        publisher = start_agent(steps[1:4], env)
+        try:
+            receiver.wait_for(2, path="/pg")
+            wait_until(lambda: terminate_connections(app_name), timeout=10, message="a worker connection to kill")
+        finally:
+            agent_finished(publisher)
+        wait_until(all_succeeded(4), timeout=40, message="the interrupted batch to succeed")
+
+        # Between tasks: whatever the worker keeps open is killed again; then more steps,
+        # answered slowly again, so their attempts are written on a connection opened or
+        # checked after the kill.
+        terminate_connections(app_name)
+        receiver.script("/pg", [Reply(200, delay=1.0)] * 3)
+        complete_steps(steps[4:], env)
+        wait_until(all_succeeded(7), timeout=40, message="the later deliveries to succeed")
+        wait_for_sweeps([worker], 2)  # time for any stray re-send to show
+        assert worker.proc.poll() is None and worker.proc.pid == pid  # the same worker, never restarted
+    finally:
+        worker.stop()
+
+    step_of_event = {
+        json.loads(body)["data"]["step_id"]: event_id for event_id, body in Event.objects.values_list("id", "body")
+    }
+    assert set(step_of_event) == {s.id for s in steps}  # every save published once
+    received = webhook_ids(receiver, "/pg")
+    assert set(received) == set(step_of_event.values())  # none lost
+    for step in steps[:1] + steps[4:]:  # sent when nothing was interrupted: exactly once
+        assert received[step_of_event[step.id]] == 1, step.id
+    for step in steps[1:4]:  # interrupted: at least once, the same webhook-id if twice
+        assert received[step_of_event[step.id]] in (1, 2), step.id
+    assert_one_successful_attempt_each(7)
+
+
+def test_redis_down_while_agents_save_every_save_succeeds_and_every_delivery_arrives_once(
+    receiver_only, agent, make_endpoint, tmp_path
+):
+    receiver = receiver_only
+    redis = PrivateRedis()
+    redis.start()
+    env = {
+        "CELERY_BROKER_URL": redis.url,
+        "CELERY_QUEUE": f"outage-{uuid.uuid4().hex[:8]}",
+        "WEBHOOK_SWEEP_GRACE": "1",
+    }
+    worker = Worker(tmp_path / "worker.log", extra_env=env)
+    try:
+        make_endpoint("/outage")
+        steps = [agent.steps.create() for _ in range(50)]
+        redis.stop()
+        assert not redis.up()
+
+        # (Each failed hand-off to the dead broker costs the agent's background thread ~6 s
+        # of connection retries: the agent does not wait for them before it exits.)
+        save_seconds = complete_steps(steps, env, flush_seconds=0)
+        assert len(save_seconds) == 50
+        slowest = max(save_seconds)
+        assert slowest < 0.5, f"a save waited {slowest:.3f}s on the dead broker (all: {sorted(save_seconds)[-5:]})"
+        assert Step.objects.filter(status="success").count() == 50
+        assert Event.objects.count() == 50  # every event on record
+        assert not Event.objects.filter(fanned_out_at__isnull=False).exists()  # none delivered yet
+        assert receiver.received("/outage") == []
+
+        redis.start()
+        receiver.wait_for(50, path="/outage", timeout=90)
+        wait_until(all_succeeded(50), timeout=30, message="every delivery to succeed")
+        wait_for_sweeps([worker], 2)  # time for any duplicate to show
+    finally:
+        worker.stop()
+        redis.stop()
+
+    received = webhook_ids(receiver, "/outage")
+    assert set(received) == set(Event.objects.values_list("id", flat=True))
+    assert set(received.values()) == {1}, "a delivery arrived more than once"
+    bodies = [json.loads(r.body) for r in receiver.received("/outage")]
+    assert sorted(b["data"]["step_id"] for b in bodies) == sorted(s.id for s in steps)
+    assert_one_successful_attempt_each(50)
+
+
+def test_two_workers_and_beat_never_send_a_succeeded_delivery_again(receiver_only, agent, make_endpoint, tmp_path):
+    receiver = receiver_only
+    env = {
+        "CELERY_QUEUE": f"race-{uuid.uuid4().hex[:8]}",
+        # Beat sweeps twice a second and takes anything not done at once for lost: every
+        # event still waiting for fan-out, every delivery due and not leased, is enqueued
+        # again while the two workers are at it. Duplicate messages, never duplicate POSTs.
+        "WEBHOOK_SWEEP_INTERVAL": "0.5",
+        "WEBHOOK_SWEEP_GRACE": "0",
+    }
+    paths = ["/race-a", "/race-b", "/race-c"]
+    for path in paths:
+        make_endpoint(path)
+    # One receiver is slow at first (half a second per request), then fast again: batches
+    # wait for it, or leave it behind, while the sweeper and the other worker look on.
+    receiver.script("/race-c", [Reply(200, delay=0.5)] * 10)
+    steps = [agent.steps.create() for _ in range(100)]
+    workers = start_workers(
+        (tmp_path / "a.log", {"extra_env": env}),  # with the one beat
+        (tmp_path / "b.log", {"extra_env": env, "pool": "prefork", "concurrency": 2, "beat": False}),
+    )
+    try:
+        # Small messages (5 events each), so both workers get some, and each takes the
+        # oldest waiting events along: the two race over one backlog.
+        complete_steps(steps, {**env, "WEBHOOK_BATCH_SIZE": "5"})
+        wait_until(all_succeeded(300), timeout=60, message="all 300 deliveries to succeed")
+        wait_for_sweeps(workers, 4)  # both workers and beat keep running: nothing is sent again
+        for w in workers:
+            assert w.proc.poll() is None
+    finally:
+        for w in workers:
+            w.stop()
+
+    events = set(Event.objects.values_list("id", flat=True))
+    assert len(events) == 100
+    for path in paths:
+        received = webhook_ids(receiver, path)
+        assert set(received) == events, path
+        duplicates = {k: n for k, n in received.items() if n > 1}
+        assert not duplicates, f"{path} received {len(duplicates)} webhooks more than once"
+    assert_one_successful_attempt_each(300)
+    delivered_by = [len(DELIVERED.findall(w.log())) for w in workers]
+    assert sum(delivered_by) == 300
+    assert all(delivered_by), f"one worker delivered everything ({delivered_by}): no race took place"
