@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import task_prerun, worker_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webhooks_project.settings")
 
@@ -33,6 +33,17 @@ def _relaxed_commits(**kwargs) -> None:
     from deliveries.attempts import relax_session
 
     connection_created.connect(relax_session, weak=False)
+
+
+@task_prerun.connect
+def _check_connections(**kwargs) -> None:
+    """What Django does before each request: drop a connection that failed or is too old,
+    and health-check the rest on first use (CONN_HEALTH_CHECKS). Celery no longer closes them
+    per task (CELERY_DB_REUSE_MAX), so a connection the database dropped is found here rather
+    than by the task's first query."""
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 @worker_process_shutdown.connect

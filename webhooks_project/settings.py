@@ -285,6 +285,11 @@ WEBHOOK_RATE_LIMIT_REDIS_URL = env(
 )
 WEBHOOK_RATE_LIMIT_HORIZON = env_positive("WEBHOOK_RATE_LIMIT_HORIZON", "int", 60, minimum=1)
 CELERY_TASK_ACKS_LATE = True
+# Celery's Django fixup closes every database connection before and after each task unless
+# this is set (then it closes them once every 2 x this many tasks): a new PostgreSQL backend
+# per task cost more than the task's own queries. Connections are still checked before each
+# task (webhooks_project/celery.py) and recycled after DATABASE_CONN_MAX_AGE.
+CELERY_DB_REUSE_MAX = 10_000
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_positive("CELERY_WORKER_PREFETCH_MULTIPLIER", "int", 4, minimum=1)
