@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -296,13 +296,24 @@ def _record(jobs: list[lanes.Job]) -> list[Outcome]:
         if d.kind == DeliveryKind.ENDPOINT and d.status == "succeeded" and d.endpoint.failing_since is not None
     }
     failed = {d.endpoint_id for d in deliveries if d.kind == DeliveryKind.ENDPOINT and d.status != "succeeded"}
-    with transaction.atomic():  # one commit for the whole batch's log
-        relaxed_commit()
-        Attempt.objects.bulk_create(attempts)
-        _save_outcomes(deliveries, leases)
-        disabled = health.record_attempts(succeeded, failed, now)
-        if gone_endpoints:
-            health.mark_gone(gone_endpoints, now)
+    for last_try in (False, True):
+        try:
+            with transaction.atomic():  # one commit for the whole batch's log
+                relaxed_commit()
+                Attempt.objects.bulk_create(attempts)
+                _save_outcomes(deliveries, leases)
+                disabled = health.record_attempts(succeeded, failed, now)
+                if gone_endpoints:
+                    health.mark_gone(gone_endpoints, now)
+            break
+        except (OperationalError, InterfaceError):
+            # The connection died while the POSTs were out (database restarted, connections
+            # killed). Nothing was written; once more on a new connection, or the POSTs just
+            # made would be unlogged and sent again when their lease ends.
+            if last_try or connection.in_atomic_block:
+                raise
+            logger.warning("lost the database connection recording %d attempts; trying once more", len(jobs))
+            connection.close()
     if gone_endpoints:
         logger.warning("endpoints %s answered 410 Gone: disabled", sorted(gone_endpoints))
     if disabled:

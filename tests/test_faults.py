@@ -271,3 +271,37 @@ def test_two_workers_and_beat_never_send_a_succeeded_delivery_again(receiver_onl
     delivered_by = [len(DELIVERED.findall(w.log())) for w in workers]
     assert sum(delivered_by) == 300
     assert all(delivered_by), f"one worker delivered everything ({delivered_by}): no race took place"
+
+
+def test_a_connection_lost_during_the_posts_costs_the_log_nothing(live, org, make_endpoint, settings):
+    """The worker's code, in this process: its connection is killed while a POST is out.
+    The batch's log is written on a new connection, so the POST is logged once, not sent twice."""
+    import threading
+
+    import psycopg
+
+    from deliveries import attempts
+    from deliveries.events import publish
+    from deliveries.fanout import fan_out
+
+    settings.WEBHOOK_STRAGGLER_AFTER = 10  # recorded by the batch itself, not the slow lane
+    make_endpoint("/held")
+    live.script("/held", [Reply(200, delay=1.0)])
+    (delivery,) = fan_out([publish("agent.custom.thing", organization=org, data={}).pk])
+    backend = connection.connection.info.backend_pid
+
+    def kill_once_the_post_arrives():
+        live.wait_for(1, path="/held")
+        with psycopg.connect(child_database_url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    killer = threading.Thread(target=kill_once_the_post_arrives)
+    killer.start()
+    (outcome,) = attempts.send_claimed([delivery])
+    killer.join()
+    assert outcome.status == "succeeded"
+    assert connection.connection.info.backend_pid != backend  # a new connection wrote the log
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded" and delivery.lease is None
+    assert Attempt.objects.get(delivery=delivery).status_code == 200
+    assert len(live.received("/held")) == 1
