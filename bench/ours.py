@@ -5,7 +5,7 @@
     python bench/ours.py throughput -n 2000 --broker amqp://guest:guest@127.0.0.1:5672//
     python bench/ours.py overhead --saves 2000 --endpoints 10
     python bench/ours.py latency --rate 200 --seconds 10
-    python bench/ours.py isolation -n 1000 --endpoints 9 --slow 3 --rate 200 --seconds 10
+    python bench/ours.py isolation -n 2000 --endpoints 9 --slow 3 --rate 200 --seconds 10
     python bench/ours.py fanout --endpoints 500
     python bench/ours.py backlog -n 10000 --endpoints 10       # 100,000 deliveries, worker RSS
 Each prints one JSON object. `bench/run.py` runs them all with the peer and prints the table.
@@ -575,7 +575,7 @@ def backlog(args) -> dict:
 # give up sooner, since a service that fails it may never finish them.
 DEFAULTS = {
     "*": {"n": 2000, "endpoints": 10, "timeout": 300.0},
-    "isolation": {"n": 1000, "endpoints": 9, "timeout": 60.0},
+    "isolation": {"n": 2000, "endpoints": 9, "timeout": 60.0},
     "backlog": {"n": 10000},
 }
 
@@ -595,7 +595,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="duration (latency, isolation)")
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds at --rate first (isolation)")
     parser.add_argument("--saves", type=int, default=2000, help="saves of each kind (overhead)")
-    parser.add_argument("-n", type=int, help="events (default 2000; isolation 1000, backlog 10000)")
+    parser.add_argument("-n", type=int, help="events (default 2000, isolation too; backlog 10000)")
     parser.add_argument("--endpoints", type=int, help="endpoints (default 10; isolation: the fast ones, 9)")
     parser.add_argument("--slow", type=float, default=3.0, help="seconds the slow endpoint takes to answer (isolation)")
     parser.add_argument("--rounds", type=int, default=1, help="throughput phases of each kind (isolation)")
