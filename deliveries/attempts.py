@@ -163,7 +163,7 @@ def claim_deferred(target: lanes.Target, limit: int) -> list[lanes.Job]:
     rows = Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now).filter(
         Q(locked_until__isnull=True) | Q(locked_until__lt=now)
     )
-    rows = rows.filter(kind=kind, endpoint_id=where) if kind == DeliveryKind.ENDPOINT else rows.filter(kind=kind, url=where)
+    rows = rows.filter(kind=kind, **({"endpoint_id": where} if kind == DeliveryKind.ENDPOINT else {"url": where}))
     lease, locked_until = new_lease(limit)
     with transaction.atomic():
         ids = list(

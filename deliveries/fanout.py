@@ -43,7 +43,8 @@ def fan_out(event_ids: list[str], *, take_backlog: bool = False) -> list[Deliver
         if take_backlog:  # one query: these events and the oldest overdue ones, oldest first
             overdue = timezone.now() - datetime.timedelta(seconds=settings.WEBHOOK_BACKLOG_AFTER)
             wanted = Q(pk__in=event_ids) | Q(created_at__lte=overdue)
-            events = list(locked.filter(wanted).order_by("created_at")[: max(settings.WEBHOOK_FANOUT_BATCH, len(event_ids))])
+            size = max(settings.WEBHOOK_FANOUT_BATCH, len(event_ids))
+            events = list(locked.filter(wanted).order_by("created_at")[:size])
         else:
             events = list(locked.filter(pk__in=event_ids))
         if not events:

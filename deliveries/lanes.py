@@ -36,6 +36,7 @@ from . import transport
 logger = logging.getLogger(__name__)
 
 Target = tuple[str, object]  # (delivery kind, endpoint id or URL)
+MAX_SLOW_TARGETS = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +97,8 @@ class Lane:
         for future in pending:
             job = futures[future]
             with self.lock:
+                if len(self.slow) >= MAX_SLOW_TARGETS:  # callback URLs are many: stay bounded
+                    self.slow.clear()
                 self.slow.add(job.target)
                 self._count(job.target, +1)
             future.add_done_callback(lambda _f, job=job: self._done(job))
@@ -138,12 +141,16 @@ class Lane:
     def _post(self, job: Job) -> None:
         job.began = time.monotonic()
         r = job.request
-        if r.error:
-            job.response = transport.Response(None, 0, error=r.error)
-            return
-        job.response = transport.post(
-            r.url, r.body, r.headers, timeout=r.timeout, connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT
-        )
+        try:
+            if r.error:
+                job.response = transport.Response(None, 0, error=r.error)
+                return
+            job.response = transport.post(
+                r.url, r.body, r.headers, timeout=r.timeout, connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT
+            )
+        except Exception as exc:  # transport.post does not raise; if it ever did, still an outcome
+            logger.exception("delivery %s: request failed unexpectedly", job.delivery.pk)
+            job.response = transport.Response(None, int((time.monotonic() - job.began) * 1000), error=repr(exc)[:500])
 
     def _done(self, job: Job) -> None:
         with self.lock:

@@ -2,8 +2,9 @@
 
 * `deliver_events(event_ids)`: fan published events out into deliveries, then make their
   first attempts, sent concurrently. A delivery that needs a retry continues as `deliver`.
-* `deliver_batch(ids)`: the first attempt of each delivery's series (retried by hand, resumed
-  endpoint, or re-enqueued by the sweeper), likewise.
+* `deliver_batch(ids, reserved)`: the first attempt of each delivery's series (retried by
+  hand, resumed endpoint, re-enqueued by the sweeper, or due in its rate-limit slot:
+  `reserved`), likewise.
 * `deliver(id, series_start, reserved_retry)`: one attempt of one delivery, retried by Celery's autoretry
   with exponential backoff (WEBHOOK_RETRY_BACKOFF * 2**n, capped at _MAX, jitter per
   WEBHOOK_RETRY_JITTER) up to WEBHOOK_MAX_RETRIES. The message's `retries` counter says which

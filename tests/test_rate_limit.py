@@ -23,7 +23,7 @@ def per_second(arrivals) -> Counter:
 
 def test_rate_limit_spreads_deliveries_across_seconds_and_workers(live, agent, make_endpoint, tmp_path):
     limited = make_endpoint("/limited", rate_limit=3)
-    free = make_endpoint("/free")
+    make_endpoint("/free")
     # A second worker (two processes) beside the suite's: three processes share the limit.
     extra = Worker(tmp_path / "extra.log", pool="prefork", concurrency=2, beat=False)
     try:

@@ -93,7 +93,7 @@ def test_a_slow_failure_is_retried_from_the_slow_lane(live, agent, make_endpoint
 
 
 def test_a_warm_shutdown_finishes_and_records_the_slow_lane(live, org, make_endpoint, tmp_path):
-    endpoint = make_endpoint("/slow")
+    make_endpoint("/slow")
     live.script("/slow", [Reply(200, delay=SLOW)])
     queue = f"shutdown-{uuid.uuid4().hex[:8]}"
     own = Worker(tmp_path / "own.log", extra_env={"CELERY_QUEUE": queue}, beat=False)

@@ -56,4 +56,4 @@ def _finish_slow_lane(**kwargs) -> None:
     from deliveries import lanes
 
     if not lanes.drain(settings.WEBHOOK_CONNECT_TIMEOUT + settings.WEBHOOK_TIMEOUT):
-        logging.getLogger("deliveries.lanes").warning("shutdown: slow-lane requests unfinished; the sweeper resends them")
+        logging.getLogger("deliveries.lanes").warning("shutdown: slow-lane requests unfinished; the sweeper sends them")
