@@ -1,5 +1,7 @@
 """Helpers shared by the tests: waiting on conditions, child processes on the test database."""
 
+import datetime
+import json
 import os
 import re
 import shutil
@@ -139,3 +141,52 @@ class PrivateRedis:
                 return True
         except OSError:
             return False
+
+
+def logged_delivery(
+    endpoint,
+    status: str = "succeeded",
+    codes=(200,),
+    *,
+    age: datetime.timedelta = datetime.timedelta(0),
+    event_type: str = "agent.step.completed",
+    agent=None,
+    data: dict | None = None,
+):
+    """An event and its delivery to `endpoint` as the worker leaves them, `age` ago, with one
+    attempt per status code (attempt n took 10n ms and answered "answer n: <code>")."""
+    from django.utils import timezone
+
+    from deliveries.models import Attempt, Delivery, Event
+
+    created = timezone.now() - age
+    event = Event.objects.create(
+        type=event_type,
+        organization_id=endpoint.organization_id,
+        agent=agent,
+        body=json.dumps({"event_type": event_type, "agent_id": getattr(agent, "pk", None), "data": data or {}}),
+        created_at=created,
+        fanned_out_at=created,
+    )
+    delivery = Delivery.objects.create(
+        event=event,
+        endpoint=endpoint,
+        status=status,
+        attempt_count=len(codes),
+        created_at=created,
+        last_attempt_at=created if codes else None,
+        last_status_code=codes[-1] if codes else None,
+        next_attempt_at=created if status == "pending" else None,
+        finished_at=None if status == "pending" else created,
+    )
+    for number, code in enumerate(codes, 1):
+        Attempt.objects.create(
+            delivery=delivery,
+            number=number,
+            started_at=created,
+            url=endpoint.url,
+            status_code=code,
+            duration_ms=10 * number,
+            response_body=f"answer {number}: {code}",
+        )
+    return delivery

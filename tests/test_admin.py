@@ -10,47 +10,12 @@ from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from django.utils import timezone
 
 from agents_hooks.models import Agent, AgentTool, ApiKey, Job, Message, Organization, Run, Step, Tool, ToolExecution
-from deliveries.models import Attempt, Delivery, Event
+from deliveries.models import Delivery
 from tests.receiver import Reply
-from tests.support import wait_until
+from tests.support import logged_delivery, wait_until
 from webhooks.models import Endpoint
-
-
-def logged_delivery(endpoint, status="succeeded", codes=(200,), *, age=datetime.timedelta(0)) -> Delivery:
-    """A delivery as the worker would have left it, with one attempt per status code."""
-    created = timezone.now() - age
-    event = Event.objects.create(
-        type="agent.step.completed",
-        organization_id=endpoint.organization_id,
-        body=json.dumps({"event_type": "agent.step.completed", "data": {"step_id": "step-1"}}),
-        created_at=created,
-        fanned_out_at=created,
-    )
-    delivery = Delivery.objects.create(
-        event=event,
-        endpoint=endpoint,
-        status=status,
-        attempt_count=len(codes),
-        created_at=created,
-        last_status_code=codes[-1] if codes else None,
-        last_attempt_at=created if codes else None,
-        finished_at=None if status == "pending" else created,
-        next_attempt_at=created if status == "pending" else None,
-    )
-    for number, code in enumerate(codes, 1):
-        Attempt.objects.create(
-            delivery=delivery,
-            number=number,
-            started_at=created,
-            url=endpoint.url,
-            status_code=code,
-            duration_ms=12,
-            response_body=f"answer {code}",
-        )
-    return delivery
 
 
 def change_url(name: str, pk) -> str:
@@ -190,7 +155,7 @@ def test_delivery_page_shows_attempts_inline_read_only(admin_client, platform):
     delivery = logged_delivery(platform["endpoint"], "succeeded", codes=(503, 200))
     html = admin_client.get(change_url("admin:deliveries_delivery_change", delivery.pk)).content.decode()
     assert 'id="attempts-group"' in html
-    assert "answer 503" in html and "answer 200" in html  # the response excerpts
+    assert "answer 1: 503" in html and "answer 2: 200" in html  # the response excerpts
     assert 'id="attempts-empty"' not in html  # no row to add
     assert "-DELETE" not in html  # none to delete
     assert 'name="_save"' not in html  # a log row is viewed, not edited

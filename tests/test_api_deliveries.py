@@ -3,7 +3,6 @@ delivery with all its attempts, manual retry; and the README's walkthrough end t
 endpoint, an agent and a step made through the API, the step completed, the delivery seen."""
 
 import datetime
-import json
 
 import pytest
 from django.utils import timezone
@@ -11,9 +10,9 @@ from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
 from agents_hooks.models import Agent, ApiKey
-from deliveries.models import Attempt, Delivery, Event
+from deliveries.models import Delivery
 from tests.receiver import Reply
-from tests.support import wait_until
+from tests.support import logged_delivery, wait_until
 from webhooks.models import Endpoint
 
 PUBLIC = "https://93.184.216.34/hook"
@@ -25,39 +24,8 @@ def api(org) -> APIClient:
     return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
-def logged(endpoint, status="succeeded", *, event_type="agent.step.completed", agent=None, age_min=0, codes=(200,)):
-    """An event and its delivery to `endpoint` as the worker leaves them, one attempt per code."""
-    created = timezone.now() - datetime.timedelta(minutes=age_min)
-    event = Event.objects.create(
-        type=event_type,
-        organization_id=endpoint.organization_id,
-        agent=agent,
-        body=json.dumps({"event_type": event_type, "agent_id": getattr(agent, "pk", None), "data": {"n": age_min}}),
-        created_at=created,
-        fanned_out_at=created,
-    )
-    delivery = Delivery.objects.create(
-        event=event,
-        endpoint=endpoint,
-        status=status,
-        attempt_count=len(codes),
-        created_at=created,
-        last_attempt_at=created if codes else None,
-        last_status_code=codes[-1] if codes else None,
-        next_attempt_at=created if status == "pending" else None,
-        finished_at=None if status == "pending" else created,
-    )
-    for number, code in enumerate(codes, 1):
-        Attempt.objects.create(
-            delivery=delivery,
-            number=number,
-            started_at=created,
-            url=endpoint.url,
-            status_code=code,
-            duration_ms=10 * number,
-            response_body=f"answer {number}",
-        )
-    return delivery
+def logged(endpoint, status="succeeded", *, age_min=0, **fields):
+    return logged_delivery(endpoint, status, age=datetime.timedelta(minutes=age_min), data={"n": age_min}, **fields)
 
 
 def ids(response) -> list:
@@ -161,7 +129,7 @@ def test_delivery_detail_has_every_attempt(api, log):
     assert response.status_code == 200
     attempts = response.json()["attempts"]
     assert [(a["number"], a["status_code"], a["duration_ms"], a["response_body"]) for a in attempts] == [
-        (1, 503, 10, "answer 1"), (2, 503, 20, "answer 2"), (3, 503, 30, "answer 3"),
+        (1, 503, 10, "answer 1: 503"), (2, 503, 20, "answer 2: 503"), (3, 503, 30, "answer 3: 503"),
     ]  # fmt: skip
     assert api.get("/api/v1/deliveries/999999999/").status_code == 404
     assert api.get("/api/v1/deliveries/not-a-number/").status_code == 404
