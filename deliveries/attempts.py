@@ -83,10 +83,11 @@ def send_claimed(claimed: list[Delivery], *, reserved: bool = False) -> list[Out
         return []
     lane = lanes.current()
     finished, deferred = lane.send(jobs)
+    outcomes = _record(finished)  # first: POSTs made must be logged even if the release fails
     if deferred:
         release(deferred)
         lane.deferred(deferred)
-    return _record(finished)
+    return outcomes
 
 
 def _prepare(claimed: list[Delivery]) -> list[lanes.Job]:
@@ -130,11 +131,7 @@ def _pace(jobs: list[lanes.Job]) -> list[lanes.Job]:
 
     later: set[lanes.Job] = set()
     for endpoint_id, group in limited.items():
-        try:
-            _, slots = ratelimit.reserve(endpoint_id, group[0].delivery.endpoint.rate_limit, len(group))
-        except ratelimit.Unavailable as exc:
-            logger.warning("rate limit of endpoint %s: Redis unavailable (%s); kept for the sweeper", endpoint_id, exc)
-            slots = []
+        slots = ratelimit.reserve(endpoint_id, group[0].delivery.endpoint.rate_limit, len(group))
         start = 0
         for delay, count in slots:
             part, start = group[start : start + count], start + count
@@ -145,8 +142,8 @@ def _pace(jobs: list[lanes.Job]) -> list[lanes.Job]:
                     dispatch([_due(j.delivery) for j in part], countdown=delay, reserved=True)
                 except Exception as exc:  # they are due in the database: the sweeper sends them
                     logger.warning("rate limit of endpoint %s: broker unavailable (%s)", endpoint_id, exc)
-        if start < len(group):
-            release(group[start:], settings.WEBHOOK_RATE_LIMIT_HORIZON)
+        if start < len(group):  # no slot within the horizon: the sweeper brings them back then
+            release(group[start:], max(0.0, settings.WEBHOOK_RATE_LIMIT_HORIZON - settings.WEBHOOK_SWEEP_GRACE))
             later.update(group[start:])
     return [j for j in jobs if j not in later]
 
@@ -155,9 +152,10 @@ def _due(delivery: Delivery) -> tuple[int, int, int]:
     return delivery.pk, delivery.attempt_count, delivery.series_start
 
 
-def claim_deferred(target: lanes.Target, limit: int) -> list[lanes.Job]:
-    """Lease up to `limit` of the oldest due deliveries to `target` nobody holds; return
-    their POSTs. Retries waiting for their backoff are not due, and stay where they are."""
+def claim_deferred(target: lanes.Target, limit: int) -> tuple[int, list[lanes.Job]]:
+    """Lease up to `limit` of the oldest due deliveries to `target` nobody holds; return how
+    many were found and the POSTs to make now (fewer, if some are held or rate-limited).
+    Retries waiting for their backoff are not due, and stay where they are."""
     kind, where = target
     now = timezone.now()
     rows = Delivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now).filter(
@@ -170,10 +168,10 @@ def claim_deferred(target: lanes.Target, limit: int) -> list[lanes.Job]:
             rows.select_for_update(skip_locked=True).order_by("created_at", "pk").values_list("pk", flat=True)[:limit]
         )
         if not ids:
-            return []
+            return 0, []
         Delivery.objects.filter(pk__in=ids).update(lease=lease, locked_until=locked_until)
     claimed = Delivery.objects.filter(pk__in=ids, lease=lease).select_related("event", "endpoint")
-    return _pace(_prepare(list(claimed.order_by("created_at", "pk"))))
+    return len(ids), _pace(_prepare(list(claimed.order_by("created_at", "pk"))))
 
 
 def record_late(jobs: list[lanes.Job]) -> None:

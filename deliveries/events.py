@@ -118,11 +118,11 @@ def _insert(event: Event) -> bool:
     quote = connection.ops.quote_name
     sql = (
         f"INSERT INTO {quote(Event._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING RETURNING {quote(Event._meta.pk.column)}"
+        f"VALUES ({', '.join(['%s'] * len(fields))}) ON CONFLICT DO NOTHING"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, values)
-        inserted = cursor.fetchone() is not None
+        inserted = cursor.rowcount == 1  # not RETURNING: SQLite has it only from 3.35
     event._state.adding = not inserted
     return inserted
 

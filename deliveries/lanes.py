@@ -70,7 +70,7 @@ class Lane:
         # deferral, so the recorder never forgets one that was deferred while it looked.
         self.waiting: dict[Target, int] = {}
         self.finished: queue.SimpleQueue = queue.SimpleQueue()
-        self.recording = False
+        self.unrecorded = 0  # requests started here whose attempts are not yet written
         self.closing = False  # shutting down: record what finishes, start nothing new
         threading.Thread(target=self._record_forever, name="webhooks-recorder", daemon=True).start()
 
@@ -101,6 +101,7 @@ class Lane:
                     self.slow.clear()
                 self.slow.add(job.target)
                 self._count(job.target, +1)
+                self.unrecorded += 1
             future.add_done_callback(lambda _f, job=job: self._done(job))
         if pending:
             logger.info("%d requests still running after %ss go on in the slow lane", len(pending), limit)
@@ -121,6 +122,7 @@ class Lane:
         if self.total >= settings.WEBHOOK_HTTP_CONCURRENCY:
             return False
         self._count(job.target, +1)
+        self.unrecorded += 1
         # Not add_done_callback: it runs `_done` at once, here, if the request has already
         # finished, and `_done` takes the lock our caller holds (a deadlock of the process).
         self.slow_pool.submit(self._post_then_done, job)
@@ -171,9 +173,8 @@ class Lane:
                 except queue.Empty:
                     break
             jobs = [j for j in jobs if j is not None]
-            self.recording = True
-            close_old_connections()  # this thread's connection may have been dropped
             try:
+                close_old_connections()  # this thread's connection may have been dropped
                 if jobs:
                     attempts.record_late(jobs)
                 if not self.closing:
@@ -182,24 +183,25 @@ class Lane:
                 # The deliveries stay leased or due: the sweeper sends them again.
                 logger.exception("slow lane: could not record %d attempts", len(jobs))
             finally:
-                self.recording = False
+                with self.lock:
+                    self.unrecorded -= len(jobs)
 
     def _refill(self, attempts) -> None:
         """Pull deferred deliveries back into the slow lane, as far as there is room."""
         with self.lock:
-            room = {
-                t: min(settings.WEBHOOK_ENDPOINT_CONCURRENCY - self.in_flight.get(t, 0), self._free())
-                for t in self.waiting
-            }
+            budget = self._free()
+            room = {t: settings.WEBHOOK_ENDPOINT_CONCURRENCY - self.in_flight.get(t, 0) for t in self.waiting}
         for target, wanted in room.items():
+            wanted = min(wanted, budget)
             if wanted <= 0:
                 continue
             with self.lock:
                 seen = self.waiting.get(target)
-            jobs = attempts.claim_deferred(target, wanted)
+            found, jobs = attempts.claim_deferred(target, wanted)
+            budget -= found
             unsent = []
             with self.lock:
-                if len(jobs) < wanted and self.waiting.get(target) == seen:
+                if found < wanted and self.waiting.get(target) == seen:
                     del self.waiting[target]  # none left (and none deferred since we looked)
                 for job in jobs:
                     job.target = target
@@ -219,7 +221,7 @@ class Lane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                idle = self.total == 0 and self.finished.empty() and not self.recording
+                idle = self.unrecorded == 0
             if idle:
                 return True
             time.sleep(0.05)

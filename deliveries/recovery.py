@@ -86,22 +86,22 @@ def sweep_due() -> int:
 def _release_held(now) -> None:
     """Deliveries held while their endpoint was disabled, whose endpoint is active again, are
     made due. (resume_endpoint normally sends them; this catches a worker that held one just
-    as the endpoint was re-enabled.) Single-table statements only: nothing here waits on two
-    tables' locks at once."""
-    free = Q(locked_until__isnull=True) | Q(locked_until__lt=now)
-    held = list(
-        Delivery.objects.filter(free, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
-        .exclude(endpoint__isnull=True)
-        .values_list("pk", "endpoint_id")[:SWEEP_CHUNK]
-    )
-    if not held:
-        return
+    as the endpoint was re-enabled.) The UPDATE touches one table only: nothing here waits on
+    two tables' locks at once."""
     from webhooks.models import Endpoint
 
-    active = set(Endpoint.objects.filter(pk__in={e for _, e in held}, is_active=True).values_list("pk", flat=True))
-    Delivery.objects.filter(pk__in=[pk for pk, e in held if e in active], next_attempt_at__isnull=True).update(
-        next_attempt_at=now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE)
+    free = Q(locked_until__isnull=True) | Q(locked_until__lt=now)
+    active = Endpoint.objects.filter(is_active=True).values("pk")
+    # Only endpoints that are active: rows of endpoints still disabled must not fill the chunk.
+    held = list(
+        Delivery.objects.filter(free, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+        .filter(endpoint__in=active)
+        .values_list("pk", flat=True)[:SWEEP_CHUNK]
     )
+    if held:
+        Delivery.objects.filter(pk__in=held, next_attempt_at__isnull=True).update(
+            next_attempt_at=now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE)
+        )
 
 
 def purge_attempts() -> int:

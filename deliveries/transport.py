@@ -43,7 +43,7 @@ VERSION = "0.1.0"
 # Seed 004 names `Letta-Webhooks/1.0`; the product and its version follow it.
 USER_AGENT = f"Letta-Webhooks/1.0 agent-webhooks/{VERSION}"
 DNS_CACHE_SECONDS = 30.0
-RESOLVER_THREADS = 4
+RESOLVER_THREADS = 16  # names whose DNS hangs can tie up this many lookups at once
 MAX_HEADER_BYTES = 64 * 1024
 IDLE_SECONDS = 30.0  # close pooled connections idle longer than this (receivers close sooner)
 
@@ -57,6 +57,12 @@ class Response:
     retry_after: float | None = None  # seconds, from a Retry-After header
     timed_out: bool = False
     refused: bool = False  # the URL is not allowed (urlsafety): retrying cannot help
+
+    def __post_init__(self) -> None:
+        # PostgreSQL text cannot hold NUL: one receiver answering "\0" would otherwise fail
+        # the INSERT of its whole batch's attempt log.
+        self.body = self.body.replace("\x00", "\ufffd")
+        self.error = self.error.replace("\x00", "\ufffd")
 
 
 class _Deadline(Exception):
@@ -141,16 +147,24 @@ def _addresses(host: str, port: int, deadline: float) -> list[str]:
     cached = state.dns.get((host, port))
     if cached and cached[0] > now:
         return cached[1]
+    if urlsafety.is_ip_literal(host):  # nothing to look up: never queued behind a slow name
+        return urlsafety.resolve_public(host, port)
     with state.lock:
         lookup = state.lookups.get((host, port))
         if lookup is None or lookup.done():
             lookup = state.lookups[(host, port)] = state.resolver.submit(urlsafety.resolve_public, host, port)
+            # Cached when it answers, even if every request waiting for it gave up: a
+            # resolver slower than the connect timeout still gets the next request through.
+            lookup.add_done_callback(lambda f, key=(host, port): _cache(state, key, f))
     try:
-        addresses = lookup.result(timeout=max(0.0, deadline - time.monotonic()))
+        return lookup.result(timeout=max(0.0, deadline - time.monotonic()))
     except FutureTimeout:
         raise urlsafety.Unresolvable(f"{host} did not resolve in time") from None
-    state.dns[(host, port)] = (time.monotonic() + DNS_CACHE_SECONDS, addresses)
-    return addresses
+
+
+def _cache(state: _Process, key: tuple[str, int], lookup: Future) -> None:
+    if not lookup.cancelled() and lookup.exception() is None:
+        state.dns[key] = (time.monotonic() + DNS_CACHE_SECONDS, lookup.result())
 
 
 def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float, connect_timeout: float) -> Response:

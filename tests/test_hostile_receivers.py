@@ -111,3 +111,19 @@ def test_a_stuck_receiver_does_not_hold_up_the_next_delivery(live, agent, make_e
     complete_a_step(agent)
     # Both deliveries go out together; the fast one is not held up by the slow one.
     live.wait_for(1, path="/fast", timeout=settings.WEBHOOK_TIMEOUT - 0.5)
+
+
+def nul_bytes(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nok\x00\x00ok")
+
+
+def test_nul_bytes_in_an_answer_do_not_cost_the_batch_its_log(live, agent, make_endpoint, raw_server):
+    # PostgreSQL text cannot hold NUL; the answer shares a batch with a well-behaved endpoint.
+    server = raw_server(nul_bytes)
+    odd = make_endpoint(url=server.url() + "/nul")
+    fine = make_endpoint("/fine")
+    complete_a_step(agent)
+    live.wait_for(1, path="/fine")
+    wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 2, message="both recorded")
+    assert Attempt.objects.get(delivery__endpoint=odd).response_body == "ok\ufffd\ufffdok"
+    assert Attempt.objects.get(delivery__endpoint=fine).status_code == 200

@@ -1,12 +1,14 @@
 """An endpoint's rate limit holds across worker processes (counted in Redis), and the
 deliveries over it wait for their second instead of being dropped or counted as attempts."""
 
+import logging
+import time
 import uuid
 from collections import Counter
 
 from agents_hooks.models import Step
 from deliveries.models import Attempt, Delivery
-from tests.support import Worker, wait_until
+from tests.support import Worker, free_port, wait_until
 from webhooks import ratelimit
 
 
@@ -52,13 +54,25 @@ def test_reservations_fill_this_second_then_the_next(settings):
     settings.WEBHOOK_RATE_LIMIT_HORIZON = 2
     while True:
         endpoint_id = f"ep_{uuid.uuid4().hex}"
-        began, first = ratelimit.reserve(endpoint_id, 5, 4)
-        ended, second = ratelimit.reserve(endpoint_id, 5, 9)
+        began = time.time()
+        first = ratelimit.reserve(endpoint_id, 5, 4)
+        second = ratelimit.reserve(endpoint_id, 5, 9)
+        ended = time.time()
         if int(began) == int(ended):  # both within one second of the clock: same windows
             break
     assert first == [(0.0, 4)]
     # 1 left in this second, 5 in the next, 3 in the one after; nothing is over-promised.
     assert [n for _, n in second] == [1, 5, 3]
     assert 0 < second[1][0] <= 1 < second[2][0] <= 2
-    _, third = ratelimit.reserve(endpoint_id, 5, 10)
+    third = ratelimit.reserve(endpoint_id, 5, 10)
     assert sum(n for _, n in third) <= 5  # only what is left within the horizon
+
+
+def test_without_redis_the_limit_is_kept_in_this_process(settings, caplog):
+    settings.WEBHOOK_RATE_LIMIT_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens
+    settings.WEBHOOK_RATE_LIMIT_HORIZON = 1
+    endpoint_id = f"ep_{uuid.uuid4().hex}"
+    with caplog.at_level(logging.WARNING, logger="webhooks"):
+        slots = ratelimit.reserve(endpoint_id, 2, 10)
+    assert sum(n for _, n in slots) <= 4 and slots[0] == (0.0, 2)  # this second's 2, the next's 2
+    assert "counted in this process" in caplog.text

@@ -10,6 +10,7 @@ import pytest
 
 from deliveries import transport
 from tests.receiver import RawServer
+from tests.support import wait_until
 
 
 def answer(raw: bytes):
@@ -164,3 +165,26 @@ def test_a_hung_resolver_costs_a_request_its_connect_timeout_only(monkeypatch, s
         assert not response.refused  # worth retrying: DNS outages pass
     finally:
         released.set()
+
+
+def test_an_answer_slower_than_the_connect_timeout_is_still_cached_for_the_next_request(
+    monkeypatch, receiver, settings
+):
+    settings.WEBHOOK_ALLOWED_CIDRS = ["127.0.0.0/8"]
+    receiver.reset()
+    real = socket.getaddrinfo
+
+    def slow(host, port, *args, **kwargs):
+        if host == "slow-dns.example":
+            time.sleep(0.5)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    transport._process().dns.clear()
+    url = f"http://slow-dns.example:{receiver.port}/cached"
+    first = transport.post(url, b"{}", {}, timeout=2, connect_timeout=0.2)
+    assert "did not resolve in time" in first.error
+    cached = ("slow-dns.example", receiver.port)
+    wait_until(lambda: cached in transport._process().dns, message="the late answer cached")
+    assert transport.post(url, b"{}", {}, timeout=2, connect_timeout=0.2).status_code == 200

@@ -9,8 +9,9 @@ reserved slot is never reserved twice, so a backlog is paid for once, not once a
 
 Reservations are one Lua script per endpoint and batch (one round trip, atomic across
 processes). Redis comes from WEBHOOK_RATE_LIMIT_REDIS_URL, by default the broker when the
-broker is Redis. Without Redis (the embedded defaults) the same windows are counted in this
-process only: exact for one worker process, not across several.
+broker is Redis. Without Redis (the embedded defaults), or while it cannot be reached, the
+same windows are counted in this process only: exact for one worker process, not across
+several.
 """
 
 import logging
@@ -44,34 +45,29 @@ return out
 """
 
 
-class Unavailable(Exception):
-    """Redis could not be asked: the caller keeps the deliveries for later."""
-
-
-def reserve(endpoint_id: str, limit: int, count: int) -> tuple[float, list[tuple[float, int]]]:
-    """Reserve `count` sends to the endpoint; return (now, [(delay in seconds, how many)]) in
-    order. Their total may fall short of `count`: the rest found no slot within the horizon."""
+def reserve(endpoint_id: str, limit: int, count: int) -> list[tuple[float, int]]:
+    """Reserve `count` sends to the endpoint; return [(delay in seconds, how many)] in order.
+    Their total may fall short of `count`: the rest found no slot within the horizon."""
     now = time.time()
     first = math.floor(now)
-    try:
-        taken = _reserve(endpoint_id, limit, count, first)
-    except Exception as exc:
-        raise Unavailable(str(exc)) from exc
-    return now, [(max(0.0, first + offset - now), n) for offset, n in taken]
+    return [(max(0.0, first + offset - now), n) for offset, n in _reserve(endpoint_id, limit, count, first)]
 
 
 def _reserve(endpoint_id: str, limit: int, count: int, first: int) -> list[tuple[int, int]]:
-    client = _redis()
+    client = _redis(settings.WEBHOOK_RATE_LIMIT_REDIS_URL)
     ahead = int(settings.WEBHOOK_RATE_LIMIT_HORIZON)
-    if client is None:
-        return _local.reserve(endpoint_id, limit, count, first, ahead)
-    flat = _script(client)(keys=[f"webhooks:rate:{endpoint_id}"], args=[first, limit, count, ahead])
-    return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+    if client is not None:
+        try:
+            flat = _script(client)(keys=[f"webhooks:rate:{endpoint_id}"], args=[first, limit, count, ahead])
+            return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        except Exception as exc:
+            # Better a limit per process than no deliveries at all while Redis is away.
+            logger.warning("rate limit of %s counted in this process: Redis unavailable (%s)", endpoint_id, exc)
+    return _local.reserve(endpoint_id, limit, count, first, ahead)
 
 
 @cache
-def _redis():
-    url = settings.WEBHOOK_RATE_LIMIT_REDIS_URL
+def _redis(url: str):
     if not url:
         return None
     import redis

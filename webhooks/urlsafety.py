@@ -212,6 +212,14 @@ def _literal(host: str) -> IPAddress | None:
     return parse_ipv4_loose(host)
 
 
+def is_ip_literal(host: str) -> bool:
+    """Whether `host` is (or tries to be) an address rather than a name: no DNS involved."""
+    try:
+        return _literal(host) is not None
+    except UnsafeURL:
+        return True
+
+
 def _check_hostname(host: str) -> None:
     """Refuse names no resolver would treat consistently: we and urllib3 must agree on them."""
     try:

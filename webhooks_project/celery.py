@@ -36,13 +36,15 @@ def _relaxed_commits(**kwargs) -> None:
 
 
 @task_prerun.connect
-def _check_connections(**kwargs) -> None:
+def _check_connections(task=None, **kwargs) -> None:
     """What Django does before each request: drop a connection that failed or is too old,
     and health-check the rest on first use (CONN_HEALTH_CHECKS). Celery no longer closes them
     per task (CELERY_DB_REUSE_MAX), so a connection the database dropped is found here rather
     than by the task's first query."""
     from django.db import close_old_connections
 
+    if task is not None and getattr(task.request, "is_eager", False):
+        return  # runs inside the caller, perhaps in its transaction: leave its connection be
     close_old_connections()
 
 
