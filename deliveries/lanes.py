@@ -60,7 +60,9 @@ class Lane:
 
     def __init__(self):
         threads = settings.WEBHOOK_HTTP_CONCURRENCY
-        self.batch_pool = ThreadPoolExecutor(threads, thread_name_prefix="webhooks-post")
+        # Twice the threads: requests that straggle keep theirs until they end, and must not
+        # take the batches' capacity with them.
+        self.batch_pool = ThreadPoolExecutor(2 * threads, thread_name_prefix="webhooks-post")
         self.slow_pool = ThreadPoolExecutor(threads, thread_name_prefix="webhooks-slow")
         self.lock = threading.Lock()
         self.slow: set[Target] = set()
@@ -86,12 +88,17 @@ class Lane:
                     batch.append(job)
                 elif not self._start_slow(job):
                     deferred.append(job)
-        futures = {self.batch_pool.submit(self._post, job): job for job in batch}
+        futures = {self.batch_pool.submit(self._post, job): job for job in _interleaved(batch)}
         limit = settings.WEBHOOK_STRAGGLER_AFTER
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=limit / 4)
             now = time.monotonic()
+            straggling = {futures[f].target for f in pending if futures[f].began and now - futures[f].began >= limit}
+            for future in [f for f in pending if not futures[f].began and futures[f].target in straggling]:
+                if future.cancel():  # not started, and its target is slow: it waits in the database
+                    pending.discard(future)
+                    deferred.append(futures.pop(future))
             if pending and all(futures[f].began and now - futures[f].began >= limit for f in pending):
                 break
         for future in pending:
@@ -226,6 +233,18 @@ class Lane:
                 return True
             time.sleep(0.05)
         return False
+
+
+def _interleaved(jobs: list[Job]) -> list[Job]:
+    """One job per target in turn, so a batch's many requests to one target (perhaps a slow
+    one) do not take every thread before the others start."""
+    by_target: dict[Target, list[Job]] = {}
+    for job in jobs:
+        by_target.setdefault(job.target, []).append(job)
+    if len(by_target) <= 1:
+        return jobs
+    queues = list(by_target.values())
+    return [q[i] for i in range(max(map(len, queues))) for q in queues if i < len(q)]
 
 
 _lane: Lane | None = None

@@ -7,6 +7,8 @@ The test worker runs with WEBHOOK_STRAGGLER_AFTER=0.3 and WEBHOOK_ENDPOINT_CONCU
 import re
 import uuid
 
+from django.db import transaction
+
 from agents_hooks.models import Step
 from deliveries.events import publish
 from deliveries.fanout import fan_out
@@ -98,8 +100,9 @@ def test_a_warm_shutdown_finishes_and_records_the_slow_lane(live, org, make_endp
     queue = f"shutdown-{uuid.uuid4().hex[:8]}"
     own = Worker(tmp_path / "own.log", extra_env={"CELERY_QUEUE": queue}, beat=False)
     try:
-        event = publish("agent.custom.thing", organization=org, data={"n": 1})
-        (delivery,) = fan_out([event.pk])
+        with transaction.atomic():  # fanned out here before the suite's worker hears of it
+            event = publish("agent.custom.thing", organization=org, data={"n": 1})
+            (delivery,) = fan_out([event.pk])
         Delivery.objects.filter(pk=delivery.pk).update(lease=None, locked_until=None)
         deliver_batch.apply_async(([delivery.pk],), queue=queue)
         live.wait_for(1, path="/slow")
@@ -112,3 +115,36 @@ def test_a_warm_shutdown_finishes_and_records_the_slow_lane(live, org, make_endp
     (attempt,) = Attempt.objects.filter(delivery=delivery)
     assert attempt.status_code == 200 and attempt.duration_ms >= SLOW * 1000 - 50
     assert len(live.received("/slow")) == 1
+
+
+def test_one_batch_full_of_a_slow_endpoint_does_not_hold_up_its_other_delivery(live, org, make_endpoint, tmp_path):
+    """Eight requests to a slow endpoint and one to a fast one, in one batch, on a worker with
+    two HTTP threads: the fast one is not queued behind the slow ones, and the slow ones that
+    had not started wait in the database instead of holding the batch."""
+    slow, fast = make_endpoint("/slow"), make_endpoint("/fast")
+    live.script("/slow", [Reply(200, delay=SLOW)] * 8)
+    ids = []
+    for endpoint in [slow] * 8 + [fast]:  # the fast delivery last
+        with transaction.atomic():  # fanned out here before the suite's worker hears of it
+            event = publish("agent.custom.thing", organization=org, data={}, endpoint=endpoint)
+            ids += [d.pk for d in fan_out([event.pk])]
+    Delivery.objects.filter(pk__in=ids).update(lease=None, locked_until=None)
+    queue = f"burst-{uuid.uuid4().hex[:8]}"
+    own = Worker(tmp_path / "own.log", extra_env={"CELERY_QUEUE": queue, "WEBHOOK_HTTP_CONCURRENCY": "2"}, beat=False)
+    try:
+        deliver_batch.apply_async((ids,), queue=queue)
+        wait_until(
+            lambda: Delivery.objects.filter(endpoint=fast, status="succeeded").exists(),
+            timeout=10,
+            message="the fast delivery recorded",
+        )
+        assert not Delivery.objects.filter(endpoint=slow, status="succeeded").exists()
+        wait_until(
+            lambda: Delivery.objects.filter(endpoint=slow, status="succeeded").count() == 8,
+            timeout=40,
+            message="every slow delivery sent",
+        )
+    finally:
+        own.stop()
+    assert len(live.received("/slow")) == 8  # each once
+    assert set(Attempt.objects.filter(delivery__endpoint=slow).values_list("number", flat=True)) == {1}
