@@ -182,7 +182,9 @@ WEBHOOK_RETRY_JITTER = env("WEBHOOK_RETRY_JITTER", "bool", False)
 WEBHOOK_MAX_PAYLOAD_BYTES = env_positive("WEBHOOK_MAX_PAYLOAD_BYTES", "int", 256 * 1024, minimum=1024)
 # Bytes of each response body kept in the attempt log.
 WEBHOOK_RESPONSE_BODY_LIMIT = env_positive("WEBHOOK_RESPONSE_BODY_LIMIT", "int", 4096)
-# POSTs one worker process keeps in flight at once (its HTTP thread pool).
+# POSTs one worker process's batches keep in flight at once (the batch pool has twice this
+# many threads, so requests that straggle keep theirs without taking the batches' place); also
+# the most the slow lane runs at once.
 WEBHOOK_HTTP_CONCURRENCY = env_positive("WEBHOOK_HTTP_CONCURRENCY", "int", 32, minimum=1)
 # A batch waits this long (seconds) for a request; one still running then finishes in the
 # background, and its target becomes "slow": its deliveries go to the slow lane, at most
