@@ -24,6 +24,10 @@ from webhooks.models import Endpoint
         ("WEBHOOK_ENCRYPTION_KEYS", "not-a-fernet-key"),
         ("DATABASE_URL", "nosuchdb://x"),
         ("DJANGO_DEBUG", "maybe"),
+        ("WEBHOOK_STRAGGLER_AFTER", "0"),
+        ("WEBHOOK_ENDPOINT_CONCURRENCY", "many"),
+        ("WEBHOOK_RATE_LIMIT_HORIZON", "0"),
+        ("WEBHOOK_RATE_LIMIT_REDIS_URL", "http://127.0.0.1:6379/0"),
     ],
 )
 def test_invalid_setting_stops_start_up_naming_the_variable(variable, value):

@@ -285,6 +285,8 @@ CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "str", "webhooks")
 WEBHOOK_RATE_LIMIT_REDIS_URL = env(
     "WEBHOOK_RATE_LIMIT_REDIS_URL", "str", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
 )
+if WEBHOOK_RATE_LIMIT_REDIS_URL and not WEBHOOK_RATE_LIMIT_REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured("WEBHOOK_RATE_LIMIT_REDIS_URL: not a redis://, rediss:// or unix:// URL")
 WEBHOOK_RATE_LIMIT_HORIZON = env_positive("WEBHOOK_RATE_LIMIT_HORIZON", "int", 60, minimum=1)
 CELERY_TASK_ACKS_LATE = True
 # Celery's Django fixup closes every database connection before and after each task unless
