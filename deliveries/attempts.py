@@ -102,19 +102,22 @@ def _prepare(claimed: list[Delivery]) -> list[lanes.Job]:
             held.append(d)
         else:
             jobs.append(lanes.Job(d, _request(d, timestamp, keys), now))
-    for lease in {d.lease for d in held}:
-        Delivery.objects.filter(pk__in=[d.pk for d in held], lease=lease).update(
-            lease=None, locked_until=None, next_attempt_at=None
-        )
+    _give_back(held, next_attempt_at=None)
     return jobs
 
 
 def release(jobs: list[lanes.Job], delay: float = 0.0) -> None:
     """Give deferred deliveries back, due in `delay` seconds, without counting an attempt."""
-    due = timezone.now() + datetime.timedelta(seconds=delay)
-    for lease in {j.delivery.lease for j in jobs}:
-        ids = [j.delivery.pk for j in jobs if j.delivery.lease == lease]
-        Delivery.objects.filter(pk__in=ids, lease=lease).update(lease=None, locked_until=None, next_attempt_at=due)
+    _give_back([j.delivery for j in jobs], timezone.now() + datetime.timedelta(seconds=delay))
+
+
+def _give_back(deliveries: list[Delivery], next_attempt_at) -> None:
+    """End our lease on deliveries we did not send (still ours: one UPDATE per lease)."""
+    for lease in {d.lease for d in deliveries}:
+        ids = [d.pk for d in deliveries if d.lease == lease]
+        Delivery.objects.filter(pk__in=ids, lease=lease).update(
+            lease=None, locked_until=None, next_attempt_at=next_attempt_at
+        )
 
 
 def _pace(jobs: list[lanes.Job]) -> list[lanes.Job]:
