@@ -43,7 +43,6 @@ ENV = {
     "WEBHOOK_ALLOWED_CIDRS": "127.0.0.0/8",
     "WEBHOOKS_VAR_DIR": str(BENCH / "var" / "ours"),
     "LOG_LEVEL": "WARNING",
-    "WEBHOOK_SWEEP_INTERVAL": "3600",  # the sweeper is not what we measure
 }
 os.environ.update(ENV)
 

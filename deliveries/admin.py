@@ -1,7 +1,7 @@
 """Admin for the delivery log: events, deliveries and their attempts, read-only.
 
 The log is a record: nothing here edits a row. The one write is the "retry" action, which
-calls `recovery.retry_delivery` like the API and the CLI. Event bodies can be large, so lists
+calls `recovery.retry_delivery` like the API. Event bodies can be large, so lists
 never load them; filters are on indexed or enumerated columns only.
 """
 
@@ -254,29 +254,25 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def payload(self, obj) -> str:
         return pretty_json(obj.body if obj.body is not None else obj.event.body)
 
-    @admin.action(description="Retry selected deliveries", permissions=["retry"])
+    @admin.action(description="Retry selected deliveries now", permissions=["retry"])
     def retry(self, request, queryset):
         ids = list(queryset.values_list("pk", flat=True))
-        retried, succeeded, in_flight = 0, [], []
+        retried, refused = 0, {}
         for delivery in Delivery.objects.filter(pk__in=ids).defer("body").order_by("pk"):
             try:
                 retry_delivery(delivery)
                 retried += 1
-            except NotRetryable:
-                (succeeded if delivery.status == DeliveryStatus.SUCCEEDED else in_flight).append(str(delivery.pk))
+            except NotRetryable as exc:
+                refused.setdefault(exc.reason, []).append(str(delivery.pk))
         if retried:
             self.message_user(
                 request,
-                f"Retrying {retried} deliver{pluralize(retried, 'y,ies')}: a new series of attempts starts now.",
+                f"Sending {retried} deliver{pluralize(retried, 'y,ies')} now (failed and dead ones start a "
+                "new series of attempts; waiting ones make their next attempt now).",
             )
-        if succeeded:
-            self.message_user(
-                request, f"Not retried, already succeeded: delivery {', '.join(succeeded)}.", messages.WARNING
-            )
-        if in_flight:
-            self.message_user(
-                request, f"Not retried, still being delivered: delivery {', '.join(in_flight)}.", messages.WARNING
-            )
+        for reason, pks in refused.items():
+            why = "held until its endpoint is enabled" if reason == NotRetryable.HELD else reason
+            self.message_user(request, f"Not retried, {why}: delivery {', '.join(pks)}.", messages.WARNING)
 
 
 class OutcomeFilter(admin.SimpleListFilter):

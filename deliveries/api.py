@@ -91,12 +91,17 @@ class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
         request=s.RetrySerializer,
         responses={
             202: s.DeliveryDetailSerializer,
-            409: OpenApiResponse(ERROR_BODY, description="Pending, or succeeded without `force`."),
+            409: OpenApiResponse(
+                ERROR_BODY,
+                description="An attempt is being made right now, the endpoint is disabled (held), "
+                "or it succeeded and `force` was not given.",
+            ),
         },
     )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
-        """Start a fresh series of attempts now; a succeeded delivery needs `{"force": true}`."""
+        """Send the delivery now. Waiting for a retry: its next attempt is made now. Failed or dead: a
+        fresh series of attempts starts now. Succeeded: sent again only with `{"force": true}`."""
         delivery = self.get_object()
         body = s.RetrySerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -1,11 +1,12 @@
-"""Hands committed work to the broker off the caller's thread.
+"""Hands committed work to the broker off the caller's thread: the one module that sends
+messages (by task name, so it needs nothing above it).
 
 A model save must not wait on, or fail with, the broker (seed 000: webhooks never slow or
 break the agent). `submit_events` and `submit` only put ids on an in-process queue; one daemon
 thread per process forwards them, many events to one message when they arrive together. If
 the broker is unreachable the ids are dropped here with a warning: the rows are committed, and
-the sweeper enqueues them again once the broker is back. The same holds if the process dies
-before the thread forwards them.
+the workers' due loops find them in the database (events after WEBHOOK_STRANDED_AFTER,
+deliveries at once). The same holds if the process dies before the thread forwards them.
 """
 
 import atexit
@@ -14,6 +15,7 @@ import os
 import queue
 import threading
 
+from celery import current_app
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
@@ -22,6 +24,7 @@ _lock = threading.Lock()
 _queue: queue.SimpleQueue | None = None
 _owner_pid: int | None = None
 EVENTS, DELIVERIES = "events", "deliveries"
+TASKS = {EVENTS: "deliveries.tasks.deliver_events", DELIVERIES: "deliveries.tasks.deliver_batch"}
 
 
 def submit_events(event_ids: list[str]) -> None:
@@ -30,7 +33,7 @@ def submit_events(event_ids: list[str]) -> None:
 
 
 def submit(delivery_ids: list[int]) -> None:
-    """Queue deliveries for the first attempt of their series. Returns at once."""
+    """Queue deliveries for an attempt now (those due and free when it comes). Returns at once."""
     _started().put((DELIVERIES, delivery_ids))
 
 
@@ -55,10 +58,7 @@ def _started() -> queue.SimpleQueue:
 
 
 def _forward(q: queue.SimpleQueue) -> None:
-    from .tasks import deliver_batch, deliver_events
-
     size = settings.WEBHOOK_BATCH_SIZE
-    tasks = {EVENTS: deliver_events, DELIVERIES: deliver_batch}
     while True:
         item = q.get()
         pending: dict[str, list] = {EVENTS: [], DELIVERIES: []}
@@ -78,9 +78,9 @@ def _forward(q: queue.SimpleQueue) -> None:
             for start in range(0, len(ids), size):
                 chunk = ids[start : start + size]
                 try:
-                    tasks[kind].apply_async((chunk,), retry=False)
+                    current_app.send_task(TASKS[kind], (chunk,), retry=False)
                 except Exception as exc:
-                    logger.warning("broker unavailable (%s): %d %s wait for the sweeper", exc, len(chunk), kind)
+                    logger.warning("broker unavailable (%s): %d %s wait for the due loop", exc, len(chunk), kind)
         for marker in markers:
             marker.set()
 

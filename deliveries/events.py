@@ -6,7 +6,7 @@
 The Event row is written in the caller's transaction and its id handed to
 the broker only after that transaction commits; the worker then creates one Delivery per
 subscribed endpoint (`fanout`). So a rolled-back change publishes nothing, a committed one
-always has its event on record even if the broker is down (the sweeper takes it from there),
+always has its event on record even if the broker is down (the due loop takes it from there),
 and the save itself pays for one INSERT.
 """
 

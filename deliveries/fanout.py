@@ -3,7 +3,7 @@
 Publishing only writes the Event row, so the save that publishes pays for one INSERT, not for
 an endpoint lookup and N delivery rows. The worker does that here, for a whole batch of events
 at once (one endpoint query, one bulk INSERT), in one transaction that also marks the events
-fanned out: a crash before commit leaves them for the sweeper, after commit they are never
+fanned out: a crash before commit leaves them for the due loop, after commit they are never
 fanned out twice (rows are locked with SKIP LOCKED, so two workers split a batch). The new
 deliveries are created already leased to this worker for their first attempt.
 
@@ -26,22 +26,39 @@ from django.utils import timezone
 
 from webhooks.models import Endpoint
 
-from .attempts import new_lease, relaxed_commit
 from .models import Delivery, Event
+from .store import new_lease, relaxed_commit
 
 
 def fan_out(event_ids: list[str], *, take_backlog: bool = False) -> list[Delivery]:
     """Create the deliveries of the given events not yet fanned out (and, with `take_backlog`,
     of the oldest events waiting too long); return them, leased to the caller, with `event`
-    and `endpoint` loaded, ready for `attempts.send_claimed`."""
+    and `endpoint` loaded, ready for `pipeline.send_claimed`."""
     waiting = Event.objects.filter(fanned_out_at__isnull=True)
     if not take_backlog and not waiting.filter(pk__in=event_ids).exists():
         return []  # a duplicate message, or one whose events a backlog batch took: no transaction
+    backlog_after = settings.WEBHOOK_BACKLOG_AFTER if take_backlog else None
+    return _fan_out(waiting, event_ids, backlog_after)
+
+
+def fan_out_stranded() -> list[Delivery]:
+    """Fan out events whose message never came (broker down when they were published, a
+    lost message, a worker killed mid-task): those waiting over WEBHOOK_STRANDED_AFTER
+    seconds, oldest first. The due loop calls this, so events reach their endpoints even
+    while the broker is away."""
+    overdue = timezone.now() - datetime.timedelta(seconds=settings.WEBHOOK_STRANDED_AFTER)
+    waiting = Event.objects.filter(fanned_out_at__isnull=True)
+    if not waiting.filter(created_at__lte=overdue).exists():
+        return []  # the usual answer, from the index alone: no transaction
+    return _fan_out(waiting, [], settings.WEBHOOK_STRANDED_AFTER)
+
+
+def _fan_out(waiting, event_ids: list[str], overdue_after: float | None) -> list[Delivery]:
     with transaction.atomic():
         relaxed_commit()
         locked = waiting.select_for_update(skip_locked=True)
-        if take_backlog:  # one query: these events and the oldest overdue ones, oldest first
-            overdue = timezone.now() - datetime.timedelta(seconds=settings.WEBHOOK_BACKLOG_AFTER)
+        if overdue_after is not None:  # one query: these events and the oldest overdue ones, oldest first
+            overdue = timezone.now() - datetime.timedelta(seconds=overdue_after)
             wanted = Q(pk__in=event_ids) | Q(created_at__lte=overdue)
             size = max(settings.WEBHOOK_FANOUT_BATCH, len(event_ids))
             events = list(locked.filter(wanted).order_by("created_at")[:size])

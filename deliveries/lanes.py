@@ -15,7 +15,7 @@ a retry loop, so a growing backlog costs nothing while it waits. A target leaves
 when one of its requests comes back within the limit again.
 
 Nothing is lost to a crash. A straggler keeps its lease until the longest possible attempt
-is over, and a deferred delivery is due; if this process dies, the sweeper sends either one
+is over, and a deferred delivery is due; if this process dies, the due loop sends either one
 again (at least once).
 """
 
@@ -44,7 +44,7 @@ class Job:
     """One POST of one claimed delivery, from request to response."""
 
     delivery: object  # a Delivery holding this worker's lease
-    request: object  # attempts._Request
+    request: object  # compose.Request
     started: datetime.datetime  # the attempt's started_at
     response: transport.Response | None = None
     began: float = 0.0  # time.monotonic() when a thread took it up; 0 while queued
@@ -56,9 +56,15 @@ def target_of(delivery) -> Target:
 
 
 class Lane:
-    """The HTTP threads of one process and what it knows about its slow targets."""
+    """The HTTP threads of one process and what it knows about its slow targets.
 
-    def __init__(self):
+    The lane moves requests; the rows are the pipeline's. It gives the lane three functions:
+    `record(jobs)` writes finished attempts, `claim(target, limit)` leases up to `limit` due
+    deliveries to a target and returns (how many were found, the jobs to send now), and
+    `release(jobs)` gives jobs the lane could not start back to the database, due."""
+
+    def __init__(self, record, claim, release):
+        self.record, self.claim, self.release = record, claim, release
         threads = settings.WEBHOOK_HTTP_CONCURRENCY
         # Twice the threads: requests that straggle keep theirs until they end, and must not
         # take the batches' capacity with them.
@@ -167,8 +173,6 @@ class Lane:
 
     # --- the recorder thread -----------------------------------------------------------
     def _record_forever(self) -> None:
-        from . import attempts
-
         while True:
             jobs = [self.finished.get()]
             while len(jobs) < 500:
@@ -180,17 +184,17 @@ class Lane:
             try:
                 close_old_connections()  # this thread's connection may have been dropped
                 if jobs:
-                    attempts.record_late(jobs)
+                    self.record(jobs)
                 if not self.closing:
-                    self._refill(attempts)
+                    self._refill()
             except Exception:
-                # The deliveries stay leased or due: the sweeper sends them again.
+                # The deliveries stay leased or due: the due loop sends them again.
                 logger.exception("slow lane: could not record %d attempts", len(jobs))
             finally:
                 with self.lock:
                     self.unrecorded -= len(jobs)
 
-    def _refill(self, attempts) -> None:
+    def _refill(self) -> None:
         """Pull deferred deliveries back into the slow lane, as far as there is room."""
         with self.lock:
             budget = self._free()
@@ -201,7 +205,7 @@ class Lane:
                 continue
             with self.lock:
                 seen = self.waiting.get(target)
-            found, jobs = attempts.claim_deferred(target, wanted)
+            found, jobs = self.claim(target, wanted)
             budget -= found
             unsent = []
             with self.lock:
@@ -212,7 +216,7 @@ class Lane:
                     if not self._start_slow(job):  # the lane filled meanwhile
                         unsent.append(job)
             if unsent:
-                attempts.release(unsent)
+                self.release(unsent)
                 self.deferred(unsent)
 
     def _free(self) -> int:
@@ -257,12 +261,13 @@ def drain(timeout: float) -> bool:
     return _lane.drain(timeout)
 
 
-def current() -> Lane:
-    """This process's lane (threads do not survive a fork: a child makes its own)."""
+def current(make) -> Lane:
+    """This process's lane, made by `make()` on first use (threads do not survive a fork: a
+    child makes its own)."""
     global _lane, _lane_pid
     if _lane_pid != os.getpid():
         with _lane_lock:
             if _lane_pid != os.getpid():
-                _lane = Lane()
+                _lane = make()
                 _lane_pid = os.getpid()
     return _lane

@@ -34,11 +34,10 @@ class Event(models.Model):
     dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(db_index=True)
     # Deliveries are created by the worker ("fan-out"), off the publishing save's path; until
-    # then this is NULL and the sweeper watches the event. `targets` lists destinations other
+    # then this is NULL and the due loop watches the event. `targets` lists destinations other
     # than subscribed endpoints: [{"kind", "url", "body"}] or [{"endpoint": id}].
     targets = models.JSONField(default=list, blank=True)
     fanned_out_at = models.DateTimeField(null=True, blank=True)
-    swept_at = models.DateTimeField(null=True, blank=True)  # last re-enqueued by the sweeper
 
     class Meta:
         indexes = [
@@ -66,9 +65,11 @@ class DeliveryStatus(models.TextChoices):
 class Delivery(models.Model):
     """One event on its way to one target.
 
-    Idempotency: every attempt starts by claiming the row with a conditional UPDATE (status
-    pending, `attempt_count` as the task expects, lease free). A duplicated or stale task
-    message finds nothing to claim and sends nothing; a succeeded delivery is never claimed.
+    `next_attempt_at` is the schedule: a pending delivery is sent when it comes (by the due
+    loop, or at once by a message naming it); NULL while it is held for a disabled endpoint.
+    Idempotency: every attempt starts by claiming the row with a conditional UPDATE (pending,
+    due, lease free; deliveries/store.py). A duplicated or stale task message finds nothing
+    to claim and sends nothing; a succeeded delivery is never claimed.
     """
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
@@ -87,6 +88,8 @@ class Delivery(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
     lease = models.CharField(max_length=32, null=True, blank=True)
+    # Due at `next_attempt_at` in a slot already reserved under its endpoint's rate limit.
+    slot_reserved = models.BooleanField(default=False)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.IntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
@@ -96,7 +99,7 @@ class Delivery(models.Model):
     class Meta:
         verbose_name_plural = "deliveries"
         indexes = [
-            # The sweeper's scan: pending deliveries by due time.
+            # The due loop's scan: pending deliveries by due time.
             models.Index(fields=["next_attempt_at"], name="delivery_due", condition=models.Q(status="pending")),
             models.Index(fields=["endpoint", "created_at"]),
             models.Index(fields=["status", "created_at"]),

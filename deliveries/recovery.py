@@ -1,107 +1,116 @@
-"""Getting stuck deliveries moving again, and forgetting old attempts.
+"""What operators do to deliveries, and the housekeeping: retry now, recover an endpoint's
+failures, resume a disabled endpoint, release held deliveries, forget old attempts.
 
-The broker is the fast path, the database the record. An event not fanned out, or a delivery
-that is pending, due more than WEBHOOK_SWEEP_GRACE seconds ago and not leased by a worker,
-has lost its message (broker down at publish time, broker restarted, worker killed) and is
-enqueued again. A message that was only late is harmless: fan-out and the attempt claim let
-one of the two through.
+The admin actions, the API and the CLI call these functions; none of them sends anything
+itself. They make deliveries due (`next_attempt_at` now) and hand the ids to the broker for
+an immediate attempt; if the broker is away, the due loop finds them all the same.
 """
 
 import datetime
 import logging
-import time
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
+from webhooks.models import Endpoint
+
 from . import enqueue
-from .models import Attempt, Delivery, DeliveryStatus, Event
+from .models import Attempt, Delivery, DeliveryStatus
+from .store import lease_is_free
 
 logger = logging.getLogger(__name__)
 
-SWEEP_CHUNK = 2000
-SWEEP_TIME_BUDGET = 20.0
+RELEASE_CHUNK = 2000
 
 
-def sweep_due() -> int:
-    """Enqueue stranded events and overdue deliveries; return how many were enqueued."""
-    from .tasks import deliver_events, dispatch
+class NotRetryable(ValueError):
+    """A manual retry that cannot be done; `reason` says why, the message explains it."""
 
-    started = time.monotonic()
-    total = 0
-    _release_held(timezone.now())
-    while time.monotonic() - started < SWEEP_TIME_BUDGET:
-        now = timezone.now()
-        overdue = now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE)
-        stranded = list(
-            Event.objects.filter(fanned_out_at__isnull=True, created_at__lte=overdue)
-            .filter(Q(swept_at__isnull=True) | Q(swept_at__lte=overdue))
-            .order_by("created_at")
-            .values_list("pk", flat=True)[:SWEEP_CHUNK]
-        )
-        if not stranded:
-            break
-        Event.objects.filter(pk__in=stranded).update(swept_at=now)
-        try:
-            for i in range(0, len(stranded), settings.WEBHOOK_BATCH_SIZE):
-                deliver_events.delay(stranded[i : i + settings.WEBHOOK_BATCH_SIZE])
-        except Exception as exc:
-            logger.warning("sweep: broker unavailable (%s); will try again next sweep", exc)
-            return total
-        total += len(stranded)
-        if len(stranded) < SWEEP_CHUNK:
-            break
-    while time.monotonic() - started < SWEEP_TIME_BUDGET:
-        now = timezone.now()
-        due = list(
-            Delivery.objects.filter(
-                status=DeliveryStatus.PENDING,
-                next_attempt_at__lte=now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE),
+    SUCCEEDED, IN_PROGRESS, HELD = "already succeeded", "an attempt is being made right now", "held"
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def retry_delivery(delivery: Delivery, *, force: bool = False) -> Delivery:
+    """Send `delivery` now; return it as it is then.
+
+    Failed and dead deliveries start a fresh series of attempts (the whole schedule again); a
+    succeeded one only with `force` (it will be POSTed again). A delivery waiting for a retry
+    is sent now, as the next attempt of its series: if that fails too, the schedule goes on
+    from there. Raises NotRetryable for one being sent right now, or held by a disabled
+    endpoint."""
+    allowed = [DeliveryStatus.FAILED, DeliveryStatus.DEAD] + ([DeliveryStatus.SUCCEEDED] if force else [])
+    restarted = _restart(Delivery.objects.filter(pk=delivery.pk, status__in=allowed))
+    if not restarted and not _make_due(Delivery.objects.filter(pk=delivery.pk)):
+        delivery.refresh_from_db()
+        if delivery.status == DeliveryStatus.SUCCEEDED:
+            raise NotRetryable(NotRetryable.SUCCEEDED, "delivery already succeeded; pass force to send it again")
+        if delivery.status == DeliveryStatus.PENDING and delivery.next_attempt_at is None:
+            raise NotRetryable(
+                NotRetryable.HELD, "delivery is held: its endpoint is disabled; enable the endpoint to send it"
             )
-            .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-            .order_by("next_attempt_at")
-            .values_list("pk", "attempt_count", "series_start")[:SWEEP_CHUNK]
-        )
-        if not due:
-            break
-        # Due "now" from here on: the next sweep leaves them alone for another grace period.
-        Delivery.objects.filter(pk__in=[pk for pk, _, _ in due], status=DeliveryStatus.PENDING).update(
-            next_attempt_at=now
-        )
-        try:
-            dispatch(due)
-        except Exception as exc:
-            logger.warning("sweep: broker unavailable (%s); will try again next sweep", exc)
-            break
-        total += len(due)
-        if len(due) < SWEEP_CHUNK:
-            break
-    if total:
-        logger.info("sweep: re-enqueued %d stranded events and overdue deliveries", total)
-    return total
+        # Being sent right now (or it just finished, between our two looks).
+        raise NotRetryable(NotRetryable.IN_PROGRESS, "an attempt of this delivery is being made right now")
+    delivery.refresh_from_db()
+    return delivery
 
 
-def _release_held(now) -> None:
-    """Deliveries held while their endpoint was disabled, whose endpoint is active again, are
-    made due. (resume_endpoint normally sends them; this catches a worker that held one just
-    as the endpoint was re-enabled.) The UPDATE touches one table only: nothing here waits on
-    two tables' locks at once."""
-    from webhooks.models import Endpoint
+def retry_pending(endpoint) -> int:
+    """Send now every delivery of `endpoint` that waits for a retry (after fixing the
+    receiver, say); return how many. Held deliveries of a disabled endpoint are not among
+    them: enabling the endpoint sends those."""
+    return _make_due(Delivery.objects.filter(endpoint=endpoint))
 
-    free = Q(locked_until__isnull=True) | Q(locked_until__lt=now)
+
+def _make_due(rows) -> int:
+    """Make the pending, unheld, unleased deliveries among `rows` due now and submit them."""
+    now = timezone.now()
+    waiting = rows.filter(lease_is_free(now), status=DeliveryStatus.PENDING, next_attempt_at__isnull=False)
+    ids = list(waiting.values_list("pk", flat=True))
+    if not ids:
+        return 0
+    # Those due already keep their time (and their place in line); those waiting become due.
+    waiting.filter(pk__in=ids, next_attempt_at__gt=now).update(next_attempt_at=now, slot_reserved=False)
+    _submit(ids)
+    return len(ids)
+
+
+def recover_endpoint(endpoint, since: datetime.datetime) -> int:
+    """Retry every failed or dead delivery of `endpoint` created since `since`; return how many."""
+    rows = Delivery.objects.filter(
+        endpoint=endpoint, created_at__gte=since, status__in=[DeliveryStatus.FAILED, DeliveryStatus.DEAD]
+    )
+    return _restart(rows)
+
+
+def resume_endpoint(endpoint) -> int:
+    """Re-enable an endpoint and send the deliveries held while it was disabled, oldest first."""
+    Endpoint.objects.filter(pk=endpoint.pk).enable()
+    endpoint.refresh_from_db()
+    held = Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+    return _restart(held.order_by("created_at", "pk"))
+
+
+def release_held() -> int:
+    """Make due the deliveries held while their endpoint was disabled, whose endpoint is
+    active again (resume_endpoint normally sends them; this catches a worker that held one
+    just as the endpoint was re-enabled). The due loop calls this now and then. The UPDATE
+    touches one table only: nothing here waits on two tables' locks at once."""
+    now = timezone.now()
     active = Endpoint.objects.filter(is_active=True).values("pk")
     # Only endpoints that are active: rows of endpoints still disabled must not fill the chunk.
     held = list(
-        Delivery.objects.filter(free, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+        Delivery.objects.filter(lease_is_free(now), status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
         .filter(endpoint__in=active)
-        .values_list("pk", flat=True)[:SWEEP_CHUNK]
+        .values_list("pk", flat=True)[:RELEASE_CHUNK]
     )
-    if held:
-        Delivery.objects.filter(pk__in=held, next_attempt_at__isnull=True).update(
-            next_attempt_at=now - datetime.timedelta(seconds=settings.WEBHOOK_SWEEP_GRACE)
-        )
+    if not held:
+        return 0
+    return Delivery.objects.filter(pk__in=held, next_attempt_at__isnull=True).update(next_attempt_at=now)
 
 
 def purge_attempts() -> int:
@@ -115,47 +124,8 @@ def purge_attempts() -> int:
     return deleted
 
 
-class NotRetryable(ValueError):
-    """A manual retry of a delivery that is still pending, or succeeded without `force`."""
-
-
-def retry_delivery(delivery: Delivery, *, force: bool = False) -> Delivery:
-    """Start a fresh series of attempts now (the admin action, the API and the CLI call this).
-
-    Failed and dead deliveries may be retried; a succeeded one only with `force` (it will be
-    POSTed again); a pending one is already on its way and is refused.
-    """
-    allowed = [DeliveryStatus.FAILED, DeliveryStatus.DEAD] + ([DeliveryStatus.SUCCEEDED] if force else [])
-    restarted = _restart(Delivery.objects.filter(pk=delivery.pk, status__in=allowed))
-    if not restarted:
-        delivery.refresh_from_db()
-        if delivery.status == DeliveryStatus.SUCCEEDED:
-            raise NotRetryable("delivery already succeeded; pass force to send it again")
-        raise NotRetryable(f"delivery is {delivery.status}: it is already being delivered")
-    delivery.refresh_from_db()
-    return delivery
-
-
-def recover_endpoint(endpoint, since: datetime.datetime) -> int:
-    """Retry every failed or dead delivery of `endpoint` created since `since`; return how many."""
-    rows = Delivery.objects.filter(
-        endpoint=endpoint, created_at__gte=since, status__in=[DeliveryStatus.FAILED, DeliveryStatus.DEAD]
-    )
-    return _restart(rows)
-
-
-def resume_endpoint(endpoint) -> int:
-    """Re-enable an endpoint and send the deliveries held while it was disabled, oldest first."""
-    from webhooks.models import Endpoint
-
-    Endpoint.objects.filter(pk=endpoint.pk).enable()
-    endpoint.refresh_from_db()
-    held = Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
-    return _restart(held.order_by("created_at", "pk"))
-
-
 def _restart(rows) -> int:
-    """Make `rows` pending at the start of a new series and hand them to the broker."""
+    """Make `rows` pending at the start of a new series, due now, and hand them to the broker."""
     ids = list(rows.values_list("pk", flat=True))
     updated = rows.filter(pk__in=ids).update(
         status=DeliveryStatus.PENDING,
@@ -164,6 +134,7 @@ def _restart(rows) -> int:
         finished_at=None,
         lease=None,
         locked_until=None,
+        slot_reserved=False,
     )
     if updated:
         _submit(ids)

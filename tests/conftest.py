@@ -70,18 +70,54 @@ def receiver():
     r.close()
 
 
+class SharedWorker:
+    """The suite's worker, started when a test needs it and stopped for tests that must have
+    the database to their own workers (any worker's due loop sends whatever is due)."""
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.current: Worker | None = None
+        self.starts = 0
+
+    def running(self) -> Worker:
+        if self.current is None or self.current.proc.poll() is not None:
+            self.starts += 1
+            # It never takes up stranded events within a test: tests of that start their own
+            # worker, and must not have this one deliver for them.
+            self.current = Worker(
+                self.log_dir / f"worker-{self.starts}.log", extra_env={"WEBHOOK_STRANDED_AFTER": "3600"}
+            )
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+            self.current = None
+
+
 @pytest.fixture(scope="session")
-def worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    # Its sweeper never fires within a test: tests of the sweeper start their own worker, and
-    # must not have this one deliver for them.
-    w = Worker(tmp_path_factory.mktemp("worker") / "worker.log", extra_env={"WEBHOOK_SWEEP_GRACE": "3600"})
-    yield w
-    w.stop()
+def shared_worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    shared = SharedWorker(tmp_path_factory.mktemp("worker"))
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def worker(shared_worker):
+    return shared_worker.running()
 
 
 @pytest.fixture
 def live(transactional_db, worker, receiver):
     """Committed data, a running worker and a clean receiver: the end-to-end setting."""
+    receiver.reset()
+    return receiver
+
+
+@pytest.fixture
+def receiver_only(transactional_db, shared_worker, receiver):
+    """Committed data and a clean receiver, and no worker but those the test starts itself."""
+    shared_worker.stop()
     receiver.reset()
     return receiver
 

@@ -2,6 +2,7 @@
 
 receiver.script("/hook", [500, 500, 200])           # statuses in order, then 200s
 receiver.script("/slow", [Reply(200, delay=2)])
+receiver.fail_first("/flaky", 503)                  # each message's first POST fails
 receiver.wait_for(3, path="/hook")                   # -> the three requests
 """
 
@@ -38,6 +39,7 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self._scripts: dict[str, list[Reply]] = {}
+        self._fail_first: dict[str, tuple[int, set]] = {}
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         owner = self
@@ -48,7 +50,7 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
-                reply = owner._next_reply(self.path)
+                reply = owner._next_reply(self.path, self.headers.get("webhook-id"))
                 with owner._arrived:  # recorded on arrival, before any scripted delay
                     owner.requests.append(Received(self.path, dict(self.headers.items()), body, time.time()))
                     owner._arrived.notify_all()
@@ -77,8 +79,19 @@ class Receiver:
         with self._lock:
             self._scripts[path] = [r if isinstance(r, Reply) else Reply(r) for r in replies]
 
-    def _next_reply(self, path: str) -> Reply:
+    def fail_first(self, path: str, status: int) -> None:
+        """Answer `status` to the first POST of each message (by webhook-id) to `path`, 200 after."""
         with self._lock:
+            self._fail_first[path] = (status, set())
+
+    def _next_reply(self, path: str, message_id: str | None = None) -> Reply:
+        with self._lock:
+            if path in self._fail_first and message_id:
+                status, seen = self._fail_first[path]
+                if message_id not in seen:
+                    seen.add(message_id)
+                    return Reply(status)
+                return Reply()
             queue = self._scripts.get(path)
             return queue.pop(0) if queue else Reply()
 
@@ -103,6 +116,7 @@ class Receiver:
         with self._lock:
             self.requests.clear()
             self._scripts.clear()
+            self._fail_first.clear()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -14,13 +14,12 @@ _defaults = {
     # One queue per test session, so runs sharing a Redis never see each other's messages.
     "CELERY_QUEUE": f"webhooks-test-{uuid.uuid4().hex[:12]}",
     "WEBHOOKS_VAR_DIR": f"/tmp/webhooks-test-var-{os.getpid()}",
-    "WEBHOOK_RETRY_BACKOFF": "1",
-    "WEBHOOK_RETRY_BACKOFF_MAX": "8",
-    "WEBHOOK_MAX_RETRIES": "2",
+    # Two retries, 1 s and then 3 s after the attempt before; no jitter unless a test asks.
+    "WEBHOOK_RETRY_SCHEDULE": "1,3",
+    "WEBHOOK_RETRY_JITTER": "0",
     "WEBHOOK_TIMEOUT": "2",
     "WEBHOOK_CONNECT_TIMEOUT": "2",
-    "WEBHOOK_SWEEP_INTERVAL": "1",
-    "WEBHOOK_SWEEP_GRACE": "3",
+    "WEBHOOK_STRANDED_AFTER": "3",
     # The slow lane (deliveries/lanes.py) at a scale a test can watch.
     "WEBHOOK_STRAGGLER_AFTER": "0.3",
     "WEBHOOK_ENDPOINT_CONCURRENCY": "2",

@@ -1,5 +1,6 @@
 """Helpers shared by the tests: waiting on conditions, child processes on the test database."""
 
+import collections
 import datetime
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -131,8 +133,15 @@ class PrivateRedis:
         wait_until(self.up, timeout=10, message="private redis to start")
 
     def stop(self):
+        """A clean stop (SIGTERM: Redis shuts down as SHUTDOWN does)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self):
+        """A crash: SIGKILL, connections reset, everything in it lost."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(10)
 
     def up(self) -> bool:
@@ -141,6 +150,11 @@ class PrivateRedis:
                 return True
         except OSError:
             return False
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
 
 
 def logged_delivery(
@@ -190,3 +204,94 @@ def logged_delivery(
             response_body=f"answer {number}: {code}",
         )
     return delivery
+
+
+def fanned_out_here(organization, count: int = 1, event_type: str = "agent.custom.thing") -> list:
+    """Publish `count` events and fan them out in this process, in one transaction, so the
+    worker never sees them first (its message finds them fanned out); return the deliveries,
+    leased to this process for their first attempt (`pipeline.send_claimed`)."""
+    from django.db import transaction
+
+    from deliveries.events import publish
+    from deliveries.fanout import fan_out
+
+    with transaction.atomic():
+        events = [publish(event_type, organization=organization, data={"n": n}) for n in range(count)]
+        return fan_out([e.pk for e in events])
+
+
+# --- an agent process of its own, and workers started together ------------------------------
+
+AGENT_SCRIPT = """
+import json, sys, time
+import django
+django.setup()
+from agents_hooks.models import Step
+from deliveries import enqueue
+flush_seconds, step_ids = float(sys.argv[1]), sys.argv[2:]
+seconds = []
+for step_id in step_ids:
+    step = Step.objects.get(pk=step_id)
+    step.status = "success"
+    started = time.perf_counter()
+    step.save()
+    seconds.append(time.perf_counter() - started)
+enqueue.flush(flush_seconds)
+print(json.dumps({"save_seconds": seconds}))
+"""
+
+
+def start_agent(steps: list, env: dict, flush_seconds: float = 10.0) -> subprocess.Popen:
+    """An agent process of its own that completes `steps`, one save each, and publishes with
+    `env` (broker, queue)."""
+    child_env = {**os.environ, **env, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": child_database_url()}
+    return subprocess.Popen(
+        [sys.executable, "-c", AGENT_SCRIPT, str(flush_seconds), *(s.id for s in steps)],
+        cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def agent_finished(agent: subprocess.Popen) -> list[float]:
+    """Wait for the agent process; return each save's duration in seconds."""
+    stdout, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    return json.loads(stdout.strip().splitlines()[-1])["save_seconds"]
+
+
+def complete_steps(steps: list, env: dict, flush_seconds: float = 10.0) -> list[float]:
+    return agent_finished(start_agent(steps, env, flush_seconds))
+
+
+def start_workers(*specs: tuple[Path, dict]) -> list[Worker]:
+    """Start a Worker per (log path, keyword arguments) at the same time; all or none."""
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = [pool.submit(Worker, log_path, **kwargs) for log_path, kwargs in specs]
+    errors = [f.exception() for f in futures if f.exception()]
+    if errors:
+        for f in futures:
+            if not f.exception():
+                f.result().stop()
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+def wait_until_settled(timeout: float = 30.0) -> None:
+    """Wait until no delivery is pending or leased: from then on nothing can be sent again (a
+    claim needs a pending delivery), and any second POST already arrived (a worker that sent
+    one holds the lease until it has recorded it)."""
+    from django.db.models import Q
+
+    from deliveries.models import Delivery
+
+    unsettled = Delivery.objects.filter(Q(status="pending") | Q(lease__isnull=False))
+    wait_until(lambda: not unsettled.exists(), timeout, message="every delivery finished and released")
+
+
+def webhook_ids(receiver, path: str) -> collections.Counter:
+    return collections.Counter(r.headers["webhook-id"] for r in receiver.received(path))
+
+
+def all_succeeded(count: int):
+    from deliveries.models import Delivery
+
+    return lambda: Delivery.objects.filter(status="succeeded").count() == count

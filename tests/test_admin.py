@@ -10,6 +10,7 @@ from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from agents_hooks.models import Agent, AgentTool, ApiKey, Job, Message, Organization, Run, Step, Tool, ToolExecution
 from deliveries.models import Delivery
@@ -284,12 +285,36 @@ def test_endpoint_form_applies_the_apis_rules(admin_client, org, agent, make_end
         "headers": '{"webhook-id": "x"}',
         "is_active": "on",
     }
+    form["retry_schedule"] = "5m, 5s"
     response = admin_client.post(change_url("admin:webhooks_endpoint_change", endpoint.pk), form)
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors
-    assert set(errors) == {"url", "agent", "event_types", "headers"}
+    assert set(errors) == {"url", "agent", "event_types", "headers", "retry_schedule"}
+    assert "must not get shorter" in errors["retry_schedule"][0]
     endpoint.refresh_from_db()
     assert endpoint.url.startswith("http://127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "typed, stored, shown",
+    [
+        ("5s, 1m, 1h30m", [5, 60, 5400], "5s, 1m, 1h30m"),
+        ("", None, ""),
+        ("none", [], "none"),
+        ("10, 20", [10, 20], "10s, 20s"),
+    ],
+)
+def test_endpoint_form_takes_a_retry_schedule_as_people_write_it(admin_client, make_endpoint, typed, stored, shown):
+    endpoint = make_endpoint()
+    form = {"url": endpoint.url, "agent": "", "description": "", "event_types": "[]", "headers": "{}",
+            "rate_limit": "", "retry_schedule": typed, "is_active": "on"}  # fmt: skip
+    response = admin_client.post(change_url("admin:webhooks_endpoint_change", endpoint.pk), form)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    endpoint.refresh_from_db()
+    assert endpoint.retry_schedule == stored
+    page = admin_client.get(change_url("admin:webhooks_endpoint_change", endpoint.pk)).content.decode()
+    assert f'name="retry_schedule" value="{shown}"' in page or (not shown and 'name="retry_schedule"' in page)
+    assert "the default, 1s, 3s" in page  # the help text names the schedule in force
 
 
 def test_rotate_secret_shows_the_new_secret_once(admin_client, make_endpoint):
@@ -319,6 +344,18 @@ def test_recover_failed_deliveries_of_the_last_24_hours(admin_client, make_endpo
     assert statuses[succeeded.pk] == "succeeded"
 
 
+def test_retry_waiting_deliveries_of_an_endpoint_now(live, admin_client, make_endpoint):
+    endpoint = make_endpoint("/waiting", retry_schedule=[3600])
+    waiting = [logged_delivery(endpoint, "pending", codes=(503,)) for _ in range(2)]
+    Delivery.objects.filter(pk__in=[d.pk for d in waiting]).update(
+        next_attempt_at=timezone.now() + datetime.timedelta(hours=1)
+    )
+    (message,) = run_action(admin_client, "webhooks_endpoint", "retry_waiting_deliveries", [endpoint.pk])
+    assert message == "Sending 2 waiting deliveries now instead of at their retry time."
+    live.wait_for(2, path="/waiting")
+    wait_until(lambda: Delivery.objects.filter(endpoint=endpoint, status="succeeded").count() == 2)
+
+
 # --- delivery, API key and platform actions ------------------------------------------------
 
 
@@ -328,7 +365,8 @@ def test_retry_selected_deliveries(live, admin_client, make_endpoint):
     succeeded = logged_delivery(endpoint)
     messages = run_action(admin_client, "deliveries_delivery", "retry", [failed.pk, succeeded.pk])
     assert messages == [
-        "Retrying 1 delivery: a new series of attempts starts now.",
+        "Sending 1 delivery now (failed and dead ones start a new series of attempts; waiting ones make their "
+        "next attempt now).",
         f"Not retried, already succeeded: delivery {succeeded.pk}.",
     ]
     (request,) = live.wait_for(1, path="/hook")

@@ -180,10 +180,7 @@ def test_retry_a_failed_or_dead_delivery_starts_a_fresh_series_now(api, log, sta
     assert delivery.series_start == delivery.attempt_count
 
 
-def test_retry_refuses_a_pending_one_and_a_succeeded_one_without_force(api, log):
-    response = api.post(f"/api/v1/deliveries/{log['pending'].pk}/retry/")
-    assert response.status_code == 409
-    assert "pending" in response.json()["detail"]
+def test_retry_refuses_a_succeeded_one_without_force(api, log):
     response = api.post(f"/api/v1/deliveries/{log['old_ok'].pk}/retry/", {"force": False}, format="json")
     assert response.status_code == 409
     assert "force" in response.json()["detail"]
@@ -194,6 +191,87 @@ def test_retry_refuses_a_pending_one_and_a_succeeded_one_without_force(api, log)
     assert (
         "force" in api.post(f"/api/v1/deliveries/{log['failed'].pk}/retry/", {"force": "maybe"}, format="json").json()
     )
+
+
+def test_retry_of_a_waiting_delivery_makes_it_due_now_in_the_same_series(api, log):
+    waiting = log["pending"]
+    Delivery.objects.filter(pk=waiting.pk).update(
+        attempt_count=1, next_attempt_at=timezone.now() + datetime.timedelta(hours=2)
+    )
+    response = api.post(f"/api/v1/deliveries/{waiting.pk}/retry/")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["status"] == "pending"
+    assert datetime.datetime.fromisoformat(body["next_attempt_at"]) <= timezone.now()
+    waiting.refresh_from_db()
+    assert waiting.series_start == 0 and waiting.attempt_count == 1  # the next attempt of the same series
+
+
+def test_retry_refuses_a_delivery_in_flight_or_held(api, log):
+    in_flight = log["pending"]
+    Delivery.objects.filter(pk=in_flight.pk).update(
+        lease="a-worker", locked_until=timezone.now() + datetime.timedelta(minutes=1)
+    )
+    response = api.post(f"/api/v1/deliveries/{in_flight.pk}/retry/")
+    assert response.status_code == 409
+    assert "being made right now" in response.json()["detail"]
+
+    Delivery.objects.filter(pk=in_flight.pk).update(lease=None, locked_until=None, next_attempt_at=None)  # held
+    response = api.post(f"/api/v1/deliveries/{in_flight.pk}/retry/")
+    assert response.status_code == 409
+    assert "enable the endpoint" in response.json()["detail"]
+
+
+def test_retry_now_sends_a_delivery_waiting_hours_for_its_retry(live, api, org):
+    """A receiver was down; it is fixed; the user does not wait out the schedule."""
+    live.script("/fixed", [503])  # then 200
+    endpoint = Endpoint.objects.create(organization=org, url=live.url("/fixed"), retry_schedule=[3600])
+    publish_a_message(org)
+    live.wait_for(1, path="/fixed")
+    delivery = wait_until(
+        lambda: Delivery.objects.filter(endpoint=endpoint, attempt_count=1).first(), message="first attempt logged"
+    )
+    assert delivery.status == "pending"
+    assert delivery.next_attempt_at > timezone.now() + datetime.timedelta(minutes=59)
+
+    asked = timezone.now()
+    assert api.post(f"/api/v1/deliveries/{delivery.pk}/retry/").status_code == 202
+    first, second = live.wait_for(2, path="/fixed", timeout=10)
+    assert second.at - asked.timestamp() < 5
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    wait_until(lambda: api.get(f"/api/v1/deliveries/{delivery.pk}/").json()["status"] == "succeeded")
+    attempts = api.get(f"/api/v1/deliveries/{delivery.pk}/").json()["attempts"]
+    assert [(a["number"], a["status_code"]) for a in attempts] == [(1, 503), (2, 200)]
+
+
+def test_retry_pending_sends_every_waiting_delivery_of_an_endpoint_now(live, api, org):
+    live.script("/outage", [503] * 3)
+    endpoint = Endpoint.objects.create(organization=org, url=live.url("/outage"), retry_schedule=[3600])
+    other = Endpoint.objects.create(organization=org, url=live.url("/elsewhere"), retry_schedule=[3600])
+    live.script("/elsewhere", [503] * 3)
+    for _ in range(3):
+        publish_a_message(org)
+    live.wait_for(3, path="/outage")
+    live.wait_for(3, path="/elsewhere")
+    wait_until(lambda: Delivery.objects.filter(attempt_count=1, status="pending").count() == 6, message="six waiting")
+
+    response = api.post(f"/api/v1/webhooks/{endpoint.pk}/retry-pending/")
+    assert response.status_code == 202
+    assert response.json() == {"retried": 3}
+    live.wait_for(6, path="/outage", timeout=10)
+    wait_until(lambda: Delivery.objects.filter(endpoint=endpoint, status="succeeded").count() == 3)
+    assert len(live.received("/elsewhere")) == 3  # the other endpoint's keep their schedule
+    assert Delivery.objects.filter(endpoint=other, status="pending", attempt_count=1).count() == 3
+
+    Endpoint.objects.filter(pk=other.pk).disable("test")
+    response = api.post(f"/api/v1/webhooks/{other.pk}/retry-pending/")
+    assert response.status_code == 409 and "disabled" in response.json()["detail"]
+
+
+def publish_a_message(org):
+    from deliveries.events import publish
+
+    publish("agent.message.sent", organization=org, data={"text": "hi"})
 
 
 def test_retry_sends_again_and_the_detail_shows_the_new_attempt(live, api, org):

@@ -1,20 +1,15 @@
 """Faults with real processes (issue #4): the worker's database connections dropped, Redis
-stopped while agents keep saving, two workers and beat racing over one backlog.
+stopped while agents keep saving, two workers racing over one backlog.
 
 Each test runs its own workers on a private queue (and, for the Redis outage, a private
-redis-server), and publishes from an agent process of its own on that queue, so the suite's
-shared worker stays out of it. Waits are on conditions with deadlines, never fixed sleeps.
+redis-server), with the suite's shared worker stopped, and publishes from an agent process of
+its own on that queue. Waits are on conditions with deadlines, never fixed sleeps.
 """
 
 import collections
 import json
-import os
 import re
-import subprocess
-import sys
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -23,82 +18,23 @@ from django.db.models import Count
 from agents_hooks.models import Step
 from deliveries.models import Attempt, Delivery, Event
 from tests.receiver import Reply
-from tests.support import ROOT, PrivateRedis, Worker, child_database_url, wait_until
+from tests.support import (
+    PrivateRedis,
+    Worker,
+    agent_finished,
+    all_succeeded,
+    child_database_url,
+    complete_steps,
+    start_agent,
+    start_workers,
+    wait_until,
+    wait_until_settled,
+    webhook_ids,
+)
 
 pytestmark = pytest.mark.slow
 
-AGENT_SCRIPT = """
-import json, sys, time
-import django
-django.setup()
-from agents_hooks.models import Step
-from deliveries import enqueue
-flush_seconds, step_ids = float(sys.argv[1]), sys.argv[2:]
-seconds = []
-for step_id in step_ids:
-    step = Step.objects.get(pk=step_id)
-    step.status = "success"
-    started = time.perf_counter()
-    step.save()
-    seconds.append(time.perf_counter() - started)
-enqueue.flush(flush_seconds)
-print(json.dumps({"save_seconds": seconds}))
-"""
-
-SWEEP_DONE = re.compile(r"Task deliveries\.tasks\.sweep\[[^\]]+\] succeeded")
 DELIVERED = re.compile(r"delivery \d+ to \S+: 200 in")
-
-
-def start_agent(steps: list[Step], env: dict, flush_seconds: float = 10.0) -> subprocess.Popen:
-    """An agent process of its own that completes `steps`, one save each, and publishes with
-    `env` (broker, queue)."""
-    child_env = {**os.environ, **env, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": child_database_url()}
-    return subprocess.Popen(
-        [sys.executable, "-c", AGENT_SCRIPT, str(flush_seconds), *(s.id for s in steps)],
-        cwd=ROOT, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def agent_finished(agent: subprocess.Popen) -> list[float]:
-    """Wait for the agent process; return each save's duration in seconds."""
-    stdout, stderr = agent.communicate(timeout=60)
-    assert agent.returncode == 0, stderr
-    return json.loads(stdout.strip().splitlines()[-1])["save_seconds"]
-
-
-def complete_steps(steps: list[Step], env: dict, flush_seconds: float = 10.0) -> list[float]:
-    return agent_finished(start_agent(steps, env, flush_seconds))
-
-
-def start_workers(*specs: tuple[Path, dict]) -> list[Worker]:
-    """Start a Worker per (log path, keyword arguments) at the same time; all or none."""
-    with ThreadPoolExecutor(len(specs)) as pool:
-        futures = [pool.submit(Worker, log_path, **kwargs) for log_path, kwargs in specs]
-    errors = [f.exception() for f in futures if f.exception()]
-    if errors:
-        for f in futures:
-            if not f.exception():
-                f.result().stop()
-        raise errors[0]
-    return [f.result() for f in futures]
-
-
-def sweeps(*workers: Worker) -> int:
-    return sum(len(SWEEP_DONE.findall(w.log())) for w in workers)
-
-
-def wait_for_sweeps(workers: list[Worker], count: int, timeout: float = 30.0) -> None:
-    """Wait until beat's sweep has run `count` more times, on any of `workers`."""
-    target = sweeps(*workers) + count
-    wait_until(lambda: sweeps(*workers) >= target, timeout, message=f"{count} more sweeps")
-
-
-def webhook_ids(receiver, path: str) -> collections.Counter:
-    return collections.Counter(r.headers["webhook-id"] for r in receiver.received(path))
-
-
-def all_succeeded(count: int):
-    return lambda: Delivery.objects.filter(status="succeeded").count() == count
 
 
 def assert_one_successful_attempt_each(deliveries: int) -> None:
@@ -106,13 +42,6 @@ def assert_one_successful_attempt_each(deliveries: int) -> None:
     per_delivery = Delivery.objects.annotate(n=Count("attempts")).values_list("n", flat=True)
     assert collections.Counter(per_delivery) == {1: deliveries}
     assert set(Attempt.objects.values_list("status_code", flat=True)) == {200}
-
-
-@pytest.fixture
-def receiver_only(transactional_db, receiver):
-    """Committed data and a clean receiver, without the suite's shared worker."""
-    receiver.reset()
-    return receiver
 
 
 def terminate_connections(application_name: str) -> int:
@@ -133,7 +62,7 @@ def test_worker_recovers_when_its_database_connections_are_dropped(receiver_only
         "CELERY_QUEUE": f"pgdrop-{uuid.uuid4().hex[:8]}",
         "WEBHOOK_LEASE_MARGIN": "1",  # lease = connect 2 s + timeout 2 s + 1 s
         "STEP_COMPLETE_TIMEOUT": "2",
-        "WEBHOOK_SWEEP_GRACE": "1",
+        "WEBHOOK_STRANDED_AFTER": "1",
     }
     # libpq names the worker's connections, so exactly they can be told apart and killed.
     app_name = f"faults-worker-{uuid.uuid4().hex[:8]}"
@@ -164,7 +93,7 @@ def test_worker_recovers_when_its_database_connections_are_dropped(receiver_only
         receiver.script("/pg", [Reply(200, delay=1.0)] * 3)
         complete_steps(steps[4:], env)
         wait_until(all_succeeded(7), timeout=40, message="the later deliveries to succeed")
-        wait_for_sweeps([worker], 2)  # time for any stray re-send to show
+        wait_until_settled()
         assert worker.proc.poll() is None and worker.proc.pid == pid  # the same worker, never restarted
     finally:
         worker.stop()
@@ -182,7 +111,7 @@ def test_worker_recovers_when_its_database_connections_are_dropped(receiver_only
     assert_one_successful_attempt_each(7)
 
 
-def test_redis_down_while_agents_save_every_save_succeeds_and_every_delivery_arrives_once(
+def test_redis_down_while_agents_save_every_save_succeeds_and_every_delivery_arrives_once_meanwhile(
     receiver_only, agent, make_endpoint, tmp_path
 ):
     receiver = receiver_only
@@ -191,7 +120,7 @@ def test_redis_down_while_agents_save_every_save_succeeds_and_every_delivery_arr
     env = {
         "CELERY_BROKER_URL": redis.url,
         "CELERY_QUEUE": f"outage-{uuid.uuid4().hex[:8]}",
-        "WEBHOOK_SWEEP_GRACE": "1",
+        "WEBHOOK_STRANDED_AFTER": "1",
     }
     worker = Worker(tmp_path / "worker.log", extra_env=env)
     try:
@@ -208,13 +137,18 @@ def test_redis_down_while_agents_save_every_save_succeeds_and_every_delivery_arr
         assert slowest < 0.5, f"a save waited {slowest:.3f}s on the dead broker (all: {sorted(save_seconds)[-5:]})"
         assert Step.objects.filter(status="success").count() == 50
         assert Event.objects.count() == 50  # every event on record
-        assert not Event.objects.filter(fanned_out_at__isnull=False).exists()  # none delivered yet
-        assert receiver.received("/outage") == []
 
-        redis.start()
-        receiver.wait_for(50, path="/outage", timeout=90)
+        # The broker is still down: the worker's due loop takes the stranded events up from
+        # the database and delivers them all the same.
+        receiver.wait_for(50, path="/outage", timeout=60)
         wait_until(all_succeeded(50), timeout=30, message="every delivery to succeed")
-        wait_for_sweeps([worker], 2)  # time for any duplicate to show
+        assert not redis.up()
+        assert worker.proc.poll() is None
+
+        redis.start()  # and when it is back, nothing is sent again
+        connected = re.compile(rf"Connected to redis://\S*127\.0\.0\.1:{redis.port}")
+        wait_until(lambda: len(connected.findall(worker.log())) >= 2, 60, message="the worker to reconnect")
+        wait_until_settled()
     finally:
         worker.stop()
         redis.stop()
@@ -227,21 +161,21 @@ def test_redis_down_while_agents_save_every_save_succeeds_and_every_delivery_arr
     assert_one_successful_attempt_each(50)
 
 
-def test_two_workers_and_beat_never_send_a_succeeded_delivery_again(receiver_only, agent, make_endpoint, tmp_path):
+def test_two_workers_never_send_a_succeeded_delivery_again(receiver_only, agent, make_endpoint, tmp_path):
     receiver = receiver_only
     env = {
         "CELERY_QUEUE": f"race-{uuid.uuid4().hex[:8]}",
-        # Beat sweeps twice a second and takes anything not done at once for lost: every
-        # event still waiting for fan-out, every delivery due and not leased, is enqueued
-        # again while the two workers are at it. Duplicate messages, never duplicate POSTs.
-        "WEBHOOK_SWEEP_INTERVAL": "0.5",
-        "WEBHOOK_SWEEP_GRACE": "0",
+        # Three due loops look five times a second and take any event not yet fanned out for
+        # stranded: they race the messages naming the same events, and each other, over
+        # every event and every due delivery. Duplicate work, never duplicate POSTs.
+        "WEBHOOK_DUE_POLL_INTERVAL": "0.2",
+        "WEBHOOK_STRANDED_AFTER": "0",
     }
     paths = ["/race-a", "/race-b", "/race-c"]
     for path in paths:
         make_endpoint(path)
     # One receiver is slow at first (half a second per request), then fast again: batches
-    # wait for it, or leave it behind, while the sweeper and the other worker look on.
+    # wait for it, or leave it behind, while the due loops and the other worker look on.
     receiver.script("/race-c", [Reply(200, delay=0.5)] * 10)
     steps = [agent.steps.create() for _ in range(100)]
     workers = start_workers(
@@ -253,7 +187,7 @@ def test_two_workers_and_beat_never_send_a_succeeded_delivery_again(receiver_onl
         # oldest waiting events along: the two race over one backlog.
         complete_steps(steps, {**env, "WEBHOOK_BATCH_SIZE": "5"})
         wait_until(all_succeeded(300), timeout=60, message="all 300 deliveries to succeed")
-        wait_for_sweeps(workers, 4)  # both workers and beat keep running: nothing is sent again
+        wait_until_settled()
         for w in workers:
             assert w.proc.poll() is None
     finally:
@@ -280,14 +214,13 @@ def test_a_connection_lost_during_the_posts_costs_the_log_nothing(live, org, mak
 
     import psycopg
 
-    from deliveries import attempts
-    from deliveries.events import publish
-    from deliveries.fanout import fan_out
+    from deliveries import pipeline
+    from tests.support import fanned_out_here
 
     settings.WEBHOOK_STRAGGLER_AFTER = 10  # recorded by the batch itself, not the slow lane
     make_endpoint("/held")
     live.script("/held", [Reply(200, delay=1.0)])
-    (delivery,) = fan_out([publish("agent.custom.thing", organization=org, data={}).pk])
+    (delivery,) = fanned_out_here(org)
     backend = connection.connection.info.backend_pid
 
     def kill_once_the_post_arrives():
@@ -297,7 +230,7 @@ def test_a_connection_lost_during_the_posts_costs_the_log_nothing(live, org, mak
 
     killer = threading.Thread(target=kill_once_the_post_arrives)
     killer.start()
-    (outcome,) = attempts.send_claimed([delivery])
+    (outcome,) = pipeline.send_claimed([delivery])
     killer.join()
     assert outcome.status == "succeeded"
     assert connection.connection.info.backend_pid != backend  # a new connection wrote the log
@@ -305,3 +238,42 @@ def test_a_connection_lost_during_the_posts_costs_the_log_nothing(live, org, mak
     assert delivery.status == "succeeded" and delivery.lease is None
     assert Attempt.objects.get(delivery=delivery).status_code == 200
     assert len(live.received("/held")) == 1
+
+
+def allow_connections(database: str, allowed: bool) -> None:
+    """Let new connections into `database`, or refuse them all (those open stay open), as a
+    database restarting or failing over does; from the server's maintenance database."""
+    import psycopg
+
+    admin_url = child_database_url().rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+
+
+def test_a_task_that_cannot_reach_the_database_is_retried_by_celery(receiver_only, agent, make_endpoint, tmp_path):
+    """The database refuses connections when the worker takes up a published event: Celery's
+    autoretry runs the task again after a short, growing wait, and it delivers once the
+    database answers. (Stranded events are left alone here, so only the retry can deliver.)"""
+    receiver = receiver_only
+    app_name = f"dbdown-worker-{uuid.uuid4().hex[:8]}"
+    env = {"WEBHOOK_STRANDED_AFTER": "3600", "PGAPPNAME": app_name}
+    make_endpoint("/dbdown")
+    step = agent.steps.create()
+    worker = Worker(tmp_path / "worker.log", extra_env=env, beat=False)  # on the suite's queue: we publish here
+    database = connection.settings_dict["NAME"]
+    try:
+        try:
+            allow_connections(database, False)
+            terminate_connections(app_name)
+            step.status = "success"
+            step.save()  # this process keeps its connection: the event is on record
+            worker.wait_log(r"Task deliveries\.tasks\.deliver_events\[[^\]]+\] retry: Retry in \d+s: OperationalError")
+            assert receiver.received("/dbdown") == []
+        finally:
+            allow_connections(database, True)
+        (request,) = receiver.wait_for(1, path="/dbdown", timeout=90)
+        wait_until(all_succeeded(1), message="the delivery to succeed")
+        assert worker.proc.poll() is None
+    finally:
+        worker.stop()
+    assert json.loads(request.body)["data"]["step_id"] == step.id

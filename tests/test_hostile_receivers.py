@@ -86,7 +86,7 @@ def test_reset_connection_is_logged_and_retried(live, agent, make_endpoint, raw_
     complete_a_step(agent)
     delivery = wait_until(lambda: Delivery.objects.filter(status="dead").first(), timeout=30, message="dead")
     attempts = list(delivery.attempts.order_by("number"))
-    assert len(attempts) == settings.WEBHOOK_MAX_RETRIES + 1
+    assert len(attempts) == len(settings.WEBHOOK_RETRY_SCHEDULE) + 1
     assert all(a.status_code is None and a.error for a in attempts)
 
 

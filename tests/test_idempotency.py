@@ -2,7 +2,7 @@
 
 from agents_hooks.models import Step
 from deliveries.models import Attempt, Delivery
-from deliveries.tasks import deliver, deliver_batch
+from deliveries.tasks import deliver_batch, deliver_events
 from tests.receiver import Reply
 from tests.support import wait_until
 
@@ -25,8 +25,8 @@ def test_duplicate_messages_after_success_send_nothing(live, worker, agent, make
 
     duplicates = [
         deliver_batch.apply_async(([delivery.pk],)),
-        deliver.apply_async((delivery.pk, 0)),
-        deliver.apply_async((delivery.pk, 0), retries=1),
+        deliver_events.apply_async(([delivery.event_id],)),
+        deliver_batch.apply_async(([delivery.pk, delivery.pk],)),
     ]
     for result in duplicates:
         wait_task_done(worker, result)
@@ -49,18 +49,19 @@ def test_duplicate_messages_while_in_flight_send_once(live, worker, agent, make_
     assert Attempt.objects.filter(delivery=delivery).count() == 1
 
 
-def test_a_stale_retry_message_does_not_jump_the_backoff(live, worker, agent, make_endpoint):
-    """A copy of the message for attempt 2, arriving after attempt 2 was made, sends nothing."""
+def test_a_stale_message_does_not_jump_the_schedule(live, worker, agent, make_endpoint):
+    """A copy of a message naming the delivery, arriving while it waits for its retry (a
+    broker redelivery, say), sends nothing: the retry keeps its time."""
     make_endpoint()
     live.script("/hook", [500, 500, 200])
     complete_a_step(agent)
     live.wait_for(2)
     delivery = Delivery.objects.get()
     wait_until(lambda: Attempt.objects.filter(delivery=delivery).count() == 2, message="two attempts logged")
-    stale = deliver.apply_async((delivery.pk, 0), retries=1)  # a second copy of attempt 2's message
+    stale = deliver_batch.apply_async(([delivery.pk],))  # due in 3 s, not now
     wait_task_done(worker, stale)
     third = live.wait_for(3)[2]
-    assert third.at - live.received()[1].at >= 1.9  # attempt 3 still waited for its backoff
+    assert third.at - live.received()[1].at >= 2.9  # attempt 3 still waited its 3 s
     wait_until(lambda: Delivery.objects.filter(pk=delivery.pk, status="succeeded").exists(), message="success")
     assert Attempt.objects.filter(delivery=delivery).count() == 3
 
@@ -68,16 +69,14 @@ def test_a_stale_retry_message_does_not_jump_the_backoff(live, worker, agent, ma
 def test_an_outcome_is_not_written_over_a_lease_another_worker_took(transactional_db, receiver, agent, make_endpoint):
     """If a batch outlived its lease and another worker took a delivery over, the first
     worker's late outcome does not overwrite it (its attempt is still logged)."""
-    from deliveries import attempts
-    from deliveries.events import publish
-    from deliveries.fanout import fan_out
+    from deliveries import pipeline
+    from tests.support import fanned_out_here
 
     receiver.reset()
     make_endpoint("/lease")
-    event = publish("agent.custom.thing", organization=agent.organization_id, data={})
-    (delivery,) = fan_out([event.pk])
+    (delivery,) = fanned_out_here(agent.organization_id)
     Delivery.objects.filter(pk=delivery.pk).update(lease="another-worker")
-    attempts.send_claimed([delivery])
+    pipeline.send_claimed([delivery])
     row = Delivery.objects.get(pk=delivery.pk)
     assert (row.lease, row.status, row.attempt_count) == ("another-worker", "pending", 0)
     assert Attempt.objects.filter(delivery=delivery).count() == 1

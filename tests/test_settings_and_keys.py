@@ -18,7 +18,14 @@ from webhooks.models import Endpoint
 @pytest.mark.parametrize(
     "variable, value",
     [
-        ("WEBHOOK_MAX_RETRIES", "ten"),
+        ("WEBHOOK_RETRY_SCHEDULE", "5m,5s"),
+        ("WEBHOOK_RETRY_SCHEDULE", "5 minutes"),
+        ("WEBHOOK_RETRY_SCHEDULE", "2d"),
+        ("WEBHOOK_RETRY_JITTER", "1.5"),
+        ("WEBHOOK_RETRY_JITTER", "true"),
+        ("WEBHOOK_DUE_POLL_INTERVAL", "0"),
+        ("WEBHOOK_MAX_RETRIES", "10"),  # replaced by WEBHOOK_RETRY_SCHEDULE: said so, not ignored
+        ("WEBHOOK_SWEEP_GRACE", "60"),
         ("WEBHOOK_TIMEOUT", "-1"),
         ("WEBHOOK_ALLOWED_CIDRS", "10.0.0.1/8"),
         ("WEBHOOK_ENCRYPTION_KEYS", "not-a-fernet-key"),

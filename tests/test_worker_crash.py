@@ -2,8 +2,8 @@
 delivery completes. (At least once: the receiver saw the interrupted POST too, whose answer
 never reached us; the webhook-id lets it recognise the repeat.)
 
-Runs its own workers on a private queue, with a short lease and sweep grace, and publishes
-from a child process on that queue, so the suite's shared worker stays out of it.
+Runs its own workers on a private queue, with a short lease, and publishes from a child process
+on that queue, with the suite's shared worker stopped.
 """
 
 import json
@@ -28,11 +28,11 @@ enqueue.flush(10)
 """
 
 
-def test_worker_killed_mid_delivery_delivers_after_restart(live, agent, make_endpoint, tmp_path):
+def test_worker_killed_mid_delivery_delivers_after_restart(receiver_only, agent, make_endpoint, tmp_path):
+    live = receiver_only
     env = {
         "CELERY_QUEUE": f"crash-{uuid.uuid4().hex[:8]}",
         "WEBHOOK_LEASE_MARGIN": "1",  # lease = connect 2 s + timeout 2 s + 1 s
-        "WEBHOOK_SWEEP_GRACE": "1",
     }
     make_endpoint("/crash")
     live.script("/crash", [Reply(200, delay=30)])  # the first POST hangs until the worker is gone

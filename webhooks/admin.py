@@ -11,6 +11,7 @@ import time
 from urllib.parse import urlencode
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import AdminURLFieldWidget
 from django.db import connection
@@ -21,10 +22,11 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from rest_framework import serializers as drf
 
+from deliveries import policy
 from deliveries.admin import status_badge
 from deliveries.events import send_test
 from deliveries.models import Attempt, Delivery
-from deliveries.recovery import recover_endpoint, resume_endpoint
+from deliveries.recovery import recover_endpoint, resume_endpoint, retry_pending
 from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
 
 from . import catalog, urlsafety
@@ -39,10 +41,41 @@ class EndpointForm(forms.ModelForm):
     """The API's rules for a URL, event types and headers, so both surfaces accept the same."""
 
     url = forms.URLField(max_length=2048, assume_scheme="https", widget=AdminURLFieldWidget)
+    retry_schedule = forms.CharField(
+        required=False,
+        label="Retry schedule",
+        widget=forms.TextInput(attrs={"size": 60}),
+        help_text="",  # set in __init__: it names the default in force
+    )
 
     class Meta:
         model = Endpoint
-        fields = ["organization", "url", "agent", "description", "event_types", "headers", "rate_limit", "is_active"]
+        fields = [
+            "organization", "url", "agent", "description", "event_types", "headers", "rate_limit", "retry_schedule",
+            "is_active",
+        ]  # fmt: skip
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["retry_schedule"].help_text = (
+            'Waits before each retry, e.g. "5s, 5m, 30m, 2h". Empty: the default, '
+            f"{policy.format_schedule(settings.WEBHOOK_RETRY_SCHEDULE)}. "
+            '"none": never retried.'
+        )
+        if self.instance.pk and self.instance.retry_schedule is not None:
+            steps = self.instance.retry_schedule
+            self.initial["retry_schedule"] = policy.format_schedule(steps) if steps else "none"
+
+    def clean_retry_schedule(self):
+        text = (self.cleaned_data["retry_schedule"] or "").strip()
+        if not text:
+            return None
+        if text.lower() == "none":
+            return []
+        try:
+            return policy.parse_schedule(text)
+        except policy.ScheduleError as exc:
+            raise forms.ValidationError(str(exc)) from exc
 
     def clean_url(self):
         url = self.cleaned_data["url"]
@@ -104,7 +137,10 @@ class EndpointAdmin(admin.ModelAdmin):
     search_fields = ["url", "description", "=id", "agent__name"]
     autocomplete_fields = ["organization", "agent"]
     ordering = ["-created_at"]
-    actions = ["send_test_event", "enable", "disable", "rotate_secret", "recover_failed_deliveries"]
+    actions = [
+        "send_test_event", "enable", "disable", "rotate_secret", "retry_waiting_deliveries",
+        "recover_failed_deliveries",
+    ]  # fmt: skip
     readonly_fields = [
         "id",
         "organization",
@@ -119,7 +155,16 @@ class EndpointAdmin(admin.ModelAdmin):
     ]
 
     def get_fieldsets(self, request, obj=None):
-        editable = ["url", "agent", "description", "event_types", "headers", "rate_limit", "is_active"]
+        editable = [
+            "url",
+            "agent",
+            "description",
+            "event_types",
+            "headers",
+            "rate_limit",
+            "retry_schedule",
+            "is_active",
+        ]
         if obj is None:
             return [(None, {"fields": ["organization", *editable]})]
         return [
@@ -225,6 +270,20 @@ class EndpointAdmin(admin.ModelAdmin):
                 f"secret also signs until {endpoint.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC.",
                 messages.WARNING,
             )
+
+    @admin.action(description="Retry waiting deliveries now", permissions=["change"])
+    def retry_waiting_deliveries(self, request, queryset):
+        total = 0
+        for endpoint in self._selected(queryset):
+            if not endpoint.is_active:
+                self.message_user(
+                    request, f"{endpoint.url} is disabled: enabling it sends its held deliveries.", messages.WARNING
+                )
+                continue
+            total += retry_pending(endpoint)
+        self.message_user(
+            request, f"Sending {total} waiting deliver{pluralize(total, 'y,ies')} now instead of at their retry time."
+        )
 
     @admin.action(description="Recover failed deliveries (last 24 h)", permissions=["change"])
     def recover_failed_deliveries(self, request, queryset):

@@ -75,6 +75,18 @@ class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
         count = recovery.recover_endpoint(endpoint, body.validated_data["since"])
         return Response({"recovered": count}, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(request=None, responses={202: s.RetriedSerializer})
+    @action(detail=True, methods=["post"], url_path="retry-pending")
+    def retry_pending(self, request, pk=None):
+        """Send now every delivery of this endpoint that waits for a retry (after fixing the receiver)."""
+        endpoint = self.get_object()
+        if not endpoint.is_active:
+            return Response(
+                {"detail": "the endpoint is disabled: enabling it sends its held deliveries"},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response({"retried": recovery.retry_pending(endpoint)}, status=status.HTTP_202_ACCEPTED)
+
 
 class EventTypesView(APIView):
     permission_classes = [HasOrganization]

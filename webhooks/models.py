@@ -96,6 +96,11 @@ class Endpoint(models.Model):
     previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     headers = models.JSONField(default=dict, blank=True, help_text="Extra HTTP headers sent with every POST.")
+    retry_schedule = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Seconds to wait before each retry, e.g. [5, 300, 1800]; empty for the default schedule.",
+    )
     rate_limit = models.PositiveIntegerField(
         null=True,
         blank=True,

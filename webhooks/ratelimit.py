@@ -3,9 +3,9 @@
 An endpoint with `rate_limit = N` receives at most N deliveries in each second of the clock.
 A worker about to send k deliveries to it reserves k slots: as many as this second has left,
 then the next seconds', up to WEBHOOK_RATE_LIMIT_HORIZON seconds ahead. Deliveries with a slot
-in a later second are sent when it comes (the caller schedules them); those beyond the
-horizon wait in the database and the sweeper brings them back. Nothing is dropped, and a
-reserved slot is never reserved twice, so a backlog is paid for once, not once a second.
+in a later second wait in the database, due when it comes (marked as holding their slot);
+those beyond the horizon try again after it. Nothing is dropped, and a reserved slot is never
+reserved twice, so a backlog is paid for once, not once a second.
 
 Reservations are one Lua script per endpoint and batch (one round trip, atomic across
 processes). Redis comes from WEBHOOK_RATE_LIMIT_REDIS_URL, by default the broker when the

@@ -2,13 +2,29 @@
 
 import re
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents_hooks.models import Agent
 from agents_hooks.serializers import OrganizationObject, check_url
+from deliveries import policy, recovery
 
 from . import catalog
 from .models import RESERVED_HEADERS, Endpoint, redact_headers
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "nullable": True,
+        "maxItems": policy.MAX_RETRIES,
+        "items": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "example": "5m"}]},
+        "example": [5, 300, 1800, 7200],
+    }
+)
+class RetryScheduleField(serializers.JSONField):
+    """A list of waits; validated by `EndpointSerializer.validate_retry_schedule`."""
+
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
 MAX_HEADERS = 20
@@ -19,12 +35,22 @@ class EndpointSerializer(serializers.ModelSerializer):
     agent = OrganizationObject(Agent, required=False, allow_null=True)
     event_types = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=50)
     headers = serializers.DictField(child=serializers.CharField(max_length=1000, allow_blank=True), required=False)
+    retry_schedule = RetryScheduleField(
+        required=False,
+        allow_null=True,
+        help_text=(
+            'Waits before each retry, in seconds (or durations: "5m", "2h"), non-decreasing; '
+            f"at most {policy.MAX_RETRIES} retries, {policy.MAX_STEP_SECONDS} s each, "
+            f"{policy.MAX_TOTAL_SECONDS} s in all. [] never retries; null follows the default schedule "
+            "(5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h unless the operator changed it)."
+        ),
+    )
 
     class Meta:
         model = Endpoint
         fields = [
             "id", "url", "agent", "description", "event_types", "is_active", "headers", "rate_limit",
-            "disabled_at", "disabled_reason", "created_at", "updated_at",
+            "retry_schedule", "disabled_at", "disabled_reason", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["disabled_at", "disabled_reason"]
 
@@ -38,6 +64,14 @@ class EndpointSerializer(serializers.ModelSerializer):
                 f"unknown event type(s): {', '.join(unknown)}; see /api/v1/event-types/ for the list"
             )
         return value
+
+    def validate_retry_schedule(self, value):
+        if value is None:
+            return None
+        try:
+            return policy.parse_schedule(value)
+        except policy.ScheduleError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
     def validate_headers(self, value):
         if len(value) > MAX_HEADERS:
@@ -63,9 +97,7 @@ class EndpointSerializer(serializers.ModelSerializer):
             Endpoint.objects.filter(pk=endpoint.pk).disable("disabled through the API")
             endpoint.refresh_from_db()
         if endpoint.is_active and not was_active:
-            from deliveries.recovery import resume_endpoint
-
-            resume_endpoint(endpoint)
+            recovery.resume_endpoint(endpoint)
             endpoint.refresh_from_db()
         return endpoint
 
@@ -90,6 +122,10 @@ class RecoverSerializer(serializers.Serializer):
 
 class RecoveredSerializer(serializers.Serializer):
     recovered = serializers.IntegerField()
+
+
+class RetriedSerializer(serializers.Serializer):
+    retried = serializers.IntegerField(help_text="Deliveries that were waiting for a retry, now being sent.")
 
 
 class EventTypeSerializer(serializers.Serializer):

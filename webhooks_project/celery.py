@@ -4,8 +4,15 @@ import logging
 import os
 from pathlib import Path
 
-from celery import Celery
-from celery.signals import task_prerun, worker_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery import Celery, bootsteps
+from celery.signals import (
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webhooks_project.settings")
 
@@ -26,11 +33,11 @@ def _mark_ready(**kwargs) -> None:
 @worker_init.connect
 def _relaxed_commits(**kwargs) -> None:
     """A worker's writes are all bookkeeping: its connections commit without waiting for the
-    WAL flush (deliveries.attempts.relaxed_commit says why that is safe). Pool processes
+    WAL flush (deliveries.store.relaxed_commit says why that is safe). Pool processes
     forked later inherit the receiver."""
     from django.db.backends.signals import connection_created
 
-    from deliveries.attempts import relax_session
+    from deliveries.store import relax_session
 
     connection_created.connect(relax_session, weak=False)
 
@@ -48,14 +55,48 @@ def _check_connections(task=None, **kwargs) -> None:
     close_old_connections()
 
 
+@worker_process_init.connect
+def _start_due_loop_in_child(**kwargs) -> None:
+    """Each pool process (prefork child, or the solo pool's one) runs a due loop
+    (deliveries/dueloop.py): retries and everything else due are sent from the database."""
+    from deliveries import dueloop
+
+    dueloop.start()
+
+
+class DueLoopStep(bootsteps.StartStopStep):
+    """With a pool of threads the tasks run in the worker's own process: so does the due
+    loop. Started with the pool, before the worker connects to the broker, so a worker
+    started while the broker is down delivers what is due all the same."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def start(self, worker) -> None:
+        from celery.concurrency.prefork import TaskPool as PreforkPool
+
+        from deliveries import dueloop
+
+        if not isinstance(worker.pool, PreforkPool):  # prefork children start their own
+            dueloop.start()
+
+
+app.steps["worker"].add(DueLoopStep)
+
+
 @worker_process_shutdown.connect
 @worker_shutdown.connect
-def _finish_slow_lane(**kwargs) -> None:
-    """On a warm shutdown, requests still running in the slow lane are finished and recorded
-    (up to the request timeout) rather than left to run out their lease and be sent again."""
+def _finish_in_hand(**kwargs) -> None:
+    """On a warm shutdown, the due loop stops after its batch in hand, and requests still
+    running in the slow lane are finished and recorded (up to the request timeout), rather
+    than left to run out their lease and be sent again."""
     from django.conf import settings
 
-    from deliveries import lanes
+    from deliveries import dueloop, lanes
 
-    if not lanes.drain(settings.WEBHOOK_CONNECT_TIMEOUT + settings.WEBHOOK_TIMEOUT):
-        logging.getLogger("deliveries.lanes").warning("shutdown: slow-lane requests unfinished; the sweeper sends them")
+    timeout = settings.WEBHOOK_CONNECT_TIMEOUT + settings.WEBHOOK_TIMEOUT
+    if not dueloop.stop(timeout):
+        logging.getLogger("deliveries.dueloop").warning(
+            "shutdown: a due batch unfinished; its deliveries come due again"
+        )
+    if not lanes.drain(timeout):
+        logging.getLogger("deliveries.lanes").warning("shutdown: slow-lane requests unfinished; they come due again")

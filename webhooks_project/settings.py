@@ -169,14 +169,45 @@ LOGGING = {
 # Timeouts in seconds for one POST: connect, and the whole request including the response.
 WEBHOOK_CONNECT_TIMEOUT = env_positive("WEBHOOK_CONNECT_TIMEOUT", "float", 5.0, minimum=0.01)
 WEBHOOK_TIMEOUT = env_positive("WEBHOOK_TIMEOUT", "float", 5.0, minimum=0.01)
-# Retries after the first attempt; delays grow as BACKOFF * 2**n seconds, capped at BACKOFF_MAX.
-WEBHOOK_MAX_RETRIES = env_positive("WEBHOOK_MAX_RETRIES", "int", 10)
-WEBHOOK_RETRY_BACKOFF = env_positive("WEBHOOK_RETRY_BACKOFF", "int", 5, minimum=1)
-WEBHOOK_RETRY_BACKOFF_MAX = env_positive("WEBHOOK_RETRY_BACKOFF_MAX", "int", 3600, minimum=1)
-# Celery's jitter is "full jitter": a delay anywhere in [0, backoff], so a retry can come at
-# once. Off by default, so the documented schedule is the schedule; turn it on to spread
-# retries to an endpoint that recovers from an outage.
-WEBHOOK_RETRY_JITTER = env("WEBHOOK_RETRY_JITTER", "bool", False)
+# Retries (deliveries/policy.py): the waits before each retry, the first retry included, as
+# seconds or durations ("5s,5m,30m,2h"); after the last one fails the delivery is dead. The
+# default, Svix's, spans about 27 hours. An endpoint may set its own (`retry_schedule`).
+from deliveries.policy import ScheduleError as _ScheduleError  # noqa: E402 (pure: reads no settings on import)
+from deliveries.policy import parse_schedule as _parse_schedule  # noqa: E402
+
+try:
+    WEBHOOK_RETRY_SCHEDULE = _parse_schedule(env("WEBHOOK_RETRY_SCHEDULE", "str", "5s,5m,30m,2h,5h,10h,10h"))
+except _ScheduleError as exc:
+    raise ImproperlyConfigured(f"WEBHOOK_RETRY_SCHEDULE: {exc}") from exc
+# Each wait is drawn from [wait x (1 - JITTER), wait x (1 + JITTER)], so deliveries that
+# failed together (an outage) come back spread out, not as one burst on a recovering receiver.
+# 0 turns it off.
+WEBHOOK_RETRY_JITTER = env_positive("WEBHOOK_RETRY_JITTER", "float", 0.2)
+if WEBHOOK_RETRY_JITTER >= 1:
+    raise ImproperlyConfigured(f"WEBHOOK_RETRY_JITTER: a fraction below 1 (0.2 = 20%), got {WEBHOOK_RETRY_JITTER}")
+# A receiver's Retry-After (429, 503) longer than the schedule's wait is honoured up to this.
+WEBHOOK_RETRY_AFTER_MAX = env_positive("WEBHOOK_RETRY_AFTER_MAX", "float", 3600.0)
+# Each worker process's due loop (deliveries/dueloop.py) looks for due deliveries at least
+# this often (seconds); sooner when it knows something comes due sooner.
+WEBHOOK_DUE_POLL_INTERVAL = env_positive("WEBHOOK_DUE_POLL_INTERVAL", "float", 1.0, minimum=0.05)
+# An event not fanned out this many seconds after it was published lost its message (broker
+# down at the time): the due loop fans it out from the database.
+WEBHOOK_STRANDED_AFTER = env_positive("WEBHOOK_STRANDED_AFTER", "float", 10.0)
+# The longest any wait sits in the broker: a task that could not run (database unreachable)
+# is retried by Celery with exponential backoff, each wait at most this, up to
+# TASK_MAX_RETRIES times. Delivery retries never wait in the broker.
+WEBHOOK_BROKER_WAIT_MAX = env_positive("WEBHOOK_BROKER_WAIT_MAX", "int", 60, minimum=1)
+WEBHOOK_TASK_MAX_RETRIES = env_positive("WEBHOOK_TASK_MAX_RETRIES", "int", 8)
+_RENAMED = {
+    "WEBHOOK_MAX_RETRIES": "WEBHOOK_RETRY_SCHEDULE (one wait per retry)",
+    "WEBHOOK_RETRY_BACKOFF": "WEBHOOK_RETRY_SCHEDULE",
+    "WEBHOOK_RETRY_BACKOFF_MAX": "WEBHOOK_RETRY_SCHEDULE",
+    "WEBHOOK_SWEEP_INTERVAL": "WEBHOOK_DUE_POLL_INTERVAL (the workers' due loop replaced beat's sweeper)",
+    "WEBHOOK_SWEEP_GRACE": "WEBHOOK_STRANDED_AFTER",
+}
+for _old, _new in _RENAMED.items():
+    if _env.str(_old, default=None) is not None:
+        raise ImproperlyConfigured(f"{_old}: no longer read; see {_new} in the README")
 # Largest event envelope publish() accepts; a larger one is refused (and logged), the
 # change that caused it is still saved.
 WEBHOOK_MAX_PAYLOAD_BYTES = env_positive("WEBHOOK_MAX_PAYLOAD_BYTES", "int", 256 * 1024, minimum=1024)
@@ -195,16 +226,12 @@ WEBHOOK_ENDPOINT_CONCURRENCY = env_positive("WEBHOOK_ENDPOINT_CONCURRENCY", "int
 # Deliveries handed to the broker in one message (first attempts are sent as a batch).
 WEBHOOK_BATCH_SIZE = env_positive("WEBHOOK_BATCH_SIZE", "int", 50, minimum=1)
 # A worker holds a delivery for the longest possible attempt plus this margin (seconds); if it
-# dies meanwhile, the delivery is free for the sweeper once the lease runs out.
+# dies meanwhile, the delivery is free for the due loop once the lease runs out.
 WEBHOOK_LEASE_MARGIN = env_positive("WEBHOOK_LEASE_MARGIN", "float", 30.0)
 # A worker fans out up to FANOUT_BATCH waiting events together (those that waited at least
 # BACKLOG_AFTER seconds): batching cuts the worker's cost per delivery (fanout.py).
 WEBHOOK_FANOUT_BATCH = env_positive("WEBHOOK_FANOUT_BATCH", "int", 20, minimum=1)
 WEBHOOK_BACKLOG_AFTER = env_positive("WEBHOOK_BACKLOG_AFTER", "float", 0.0)
-# The sweeper re-enqueues pending deliveries overdue by more than SWEEP_GRACE seconds
-# (broker down at publish time, lost message, killed worker); it runs every SWEEP_INTERVAL.
-WEBHOOK_SWEEP_INTERVAL = env_positive("WEBHOOK_SWEEP_INTERVAL", "float", 30.0, minimum=0.1)
-WEBHOOK_SWEEP_GRACE = env_positive("WEBHOOK_SWEEP_GRACE", "float", 60.0)
 # An endpoint whose every attempt has failed for this long is disabled (its deliveries are
 # held until it is enabled again). Svix uses 5 days.
 WEBHOOK_DISABLE_AFTER_HOURS = env_positive("WEBHOOK_DISABLE_AFTER_HOURS", "float", 120.0, minimum=0.001)
@@ -269,11 +296,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     for _name in ("queue", "processed", "control"):
         (_broker_dir / _name).mkdir(parents=True, exist_ok=True)
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # Redis redelivers an unacknowledged message after the visibility timeout. Retries wait
-    # in the worker as unacknowledged ETA messages, so the timeout must outlast the longest
-    # backoff, or a waiting retry would be delivered twice.
+    # Redis hands an unacknowledged message to another worker after the visibility timeout.
+    # Nothing here stays unacknowledged long: a task runs for at most one batch's lease, and
+    # the only waits in the broker are a task's own retries (BROKER_WAIT_MAX). So a killed
+    # worker's messages come back after minutes, not hours (its deliveries, sooner: when
+    # their lease ends, through the due loop).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": WEBHOOK_RETRY_BACKOFF_MAX + 2 * (WEBHOOK_CONNECT_TIMEOUT + WEBHOOK_TIMEOUT) + 600,
+        "visibility_timeout": env_positive("CELERY_VISIBILITY_TIMEOUT", "int", 300, minimum=1),
         "socket_connect_timeout": 2,
         "socket_timeout": 5,
     }
@@ -281,7 +310,7 @@ CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "str", "webhooks")
 
 # Endpoints' rate limits are counted in this Redis, shared by all workers (webhooks/ratelimit.py);
 # by default the broker's, when that is Redis. Empty: counted per process. Slots are reserved
-# up to HORIZON seconds ahead; deliveries beyond wait in the database for the sweeper.
+# up to HORIZON seconds ahead; deliveries beyond try again after it.
 WEBHOOK_RATE_LIMIT_REDIS_URL = env(
     "WEBHOOK_RATE_LIMIT_REDIS_URL", "str", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
 )
@@ -295,6 +324,10 @@ CELERY_TASK_ACKS_LATE = True
 # task (webhooks_project/celery.py) and recycled after DATABASE_CONN_MAX_AGE.
 CELERY_DB_REUSE_MAX = 10_000
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# When the broker connection drops, tasks in progress run to the end (their POSTs recorded);
+# their messages come back and find nothing to claim. Cancelling them (Celery 6's default)
+# would only abandon POSTs already made, to be sent again after their lease.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_positive("CELERY_WORKER_PREFETCH_MULTIPLIER", "int", 4, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -303,6 +336,5 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
-    "sweep-due-deliveries": {"task": "deliveries.tasks.sweep", "schedule": WEBHOOK_SWEEP_INTERVAL},
     "purge-old-attempts": {"task": "deliveries.tasks.purge_attempts", "schedule": 3600.0},
 }

@@ -39,7 +39,7 @@ class Command(BaseCommand):
             + f"\n  health    http://{addr}:{port}/health/"
             + f"\n  database  {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}"
             + f"\n  broker    {settings.CELERY_BROKER_URL.split('@')[-1]}"
-            + "\n  logs      this terminal: web requests, worker deliveries, beat sweeps\n"
+            + "\n  logs      this terminal: web requests, worker deliveries and retries, beat\n"
         )
         stopping = False
 

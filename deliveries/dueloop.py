@@ -1,0 +1,121 @@
+"""The due loop: each worker process sends what the database says is due.
+
+Retries wait on their rows (`next_attempt_at`, indexed), not in the broker, so a wait of ten
+hours costs nothing anywhere, survives a worker restart and a broker that lost everything, and
+the time the API shows is the time of the attempt. One thread per worker process claims what
+is due, oldest first, a batch at a time (SKIP LOCKED, so the processes share the work), and
+sends it through the same path as first attempts (`pipeline`). With a backlog it goes from
+batch to batch without pausing; otherwise it sleeps until the next delivery comes due, or
+WEBHOOK_DUE_POLL_INTERVAL, whichever is sooner.
+
+What is due includes more than retries: deliveries whose worker died (their lease ran out),
+deliveries a message named but never reached (broker down), events never fanned out (the
+broker was down when they were published: after WEBHOOK_STRANDED_AFTER), and deliveries
+waiting for their rate-limit slot. It needs only the database: while the broker is away,
+this loop keeps delivering.
+"""
+
+import logging
+import os
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from . import fanout, pipeline, recovery, store
+
+logger = logging.getLogger(__name__)
+
+RELEASE_HELD_EVERY = 30.0  # seconds
+BACKOFF_MAX = 30.0  # seconds between tries while the database is unreachable
+
+
+class DueLoop:
+    def __init__(self):
+        self.stopping = threading.Event()
+        self.idle = threading.Event()  # set between batches: a shutdown need not wait
+        self.released_at = 0.0
+        self.thread = threading.Thread(target=self._run, name="webhooks-due", daemon=True)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self.idle.clear()
+                close_old_connections()  # a connection the database dropped is replaced
+                busy = self._once()
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    logger.exception("due loop: could not look for due deliveries; trying again with a growing pause")
+                else:
+                    logger.warning("due loop: still failing (%d tries): %s", failures, exc)
+                busy = False
+            else:
+                if failures:
+                    logger.warning("due loop: working again after %d failed tries", failures)
+                failures = 0
+            finally:
+                self.idle.set()
+            if busy or self.stopping.is_set():
+                continue
+            if failures:
+                pause = min(BACKOFF_MAX, 2.0 ** (failures - 1))
+                self.stopping.wait(pause)
+                continue
+            self._sleep()
+
+    def _once(self) -> bool:
+        """Send one batch of what is due; say whether there may be more."""
+        batch = settings.WEBHOOK_BATCH_SIZE
+        if pipeline.deliver_due(batch) >= batch:
+            return True
+        stranded = fanout.fan_out_stranded()
+        if stranded:
+            pipeline.send_claimed(stranded)
+            return True
+        if time.monotonic() - self.released_at > RELEASE_HELD_EVERY:
+            self.released_at = time.monotonic()
+            if recovery.release_held():
+                return True
+        return False
+
+    def _sleep(self) -> None:
+        until = time.time() + settings.WEBHOOK_DUE_POLL_INTERVAL
+        try:
+            due = store.next_due_at()
+        except Exception:
+            due = None  # the next pass finds the database away, and says so
+        if due is not None:
+            until = min(until, due.timestamp())
+        pipeline.alarm.sleep(until)
+
+    def stop(self, timeout: float) -> bool:
+        """Stop after the batch in hand (a warm shutdown); say whether it ended in time."""
+        self.stopping.set()
+        pipeline.alarm.ring_at(0)
+        return self.idle.wait(timeout)
+
+
+_loop: DueLoop | None = None
+_loop_pid: int | None = None
+_lock = threading.Lock()
+
+
+def start() -> None:
+    """Run the due loop in this process (once; a forked child starts its own)."""
+    global _loop, _loop_pid
+    with _lock:
+        if _loop_pid == os.getpid():
+            return
+        _loop, _loop_pid = DueLoop(), os.getpid()
+        _loop.thread.start()
+    logger.info("due loop started (pid %d)", os.getpid())
+
+
+def stop(timeout: float) -> bool:
+    """Stop this process's due loop, letting the batch in hand finish; say whether it did."""
+    if _loop is None or _loop_pid != os.getpid():
+        return True
+    return _loop.stop(timeout)
