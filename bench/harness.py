@@ -52,6 +52,11 @@ def reset(port: int) -> None:
     control(port, "/_reset", {})
 
 
+def fail(port: int, path: str, status: int | None) -> None:
+    """Make the receiver answer `status` on `path` from now on (None: 200 again)."""
+    control(port, "/_fail", {path: status})
+
+
 def records(port: int, since: int = 0) -> list:
     return control(port, f"/_records?since={since}")
 
@@ -144,7 +149,8 @@ def latencies(recs: list, sent_at: dict[str, float], missing_at: float | None = 
     the wait gave up), a message never seen counts as arriving then: a lower bound on its
     latency, so a run that loses or strands messages cannot report a better percentile."""
     first = {}
-    for arrived, _path, msg_id, _ok in recs:
+    for record in recs:  # [arrived, path, webhook-id, ok, status]
+        arrived, msg_id = record[0], record[2]
         if msg_id in sent_at and msg_id not in first:
             first[msg_id] = arrived - sent_at[msg_id]
     missing = [missing_at - sent for msg_id, sent in sent_at.items() if msg_id not in first] if missing_at else []

@@ -8,6 +8,7 @@
     python bench/ours.py isolation -n 2000 --endpoints 9 --slow 3 --rate 200 --seconds 10
     python bench/ours.py fanout --endpoints 500
     python bench/ours.py backlog -n 10000 --endpoints 10       # 100,000 deliveries, worker RSS
+    python bench/ours.py outage --outage-deliveries 100000 --waves 2 --rate 200   # a receiver down
 Each prints one JSON object. `bench/run.py` runs them all with the peer and prints the table.
 Loopback only; every loop is bounded in count and time. `--broker` (or BENCH_BROKER_URL)
 swaps Redis for another broker, e.g. RabbitMQ; the worker and the publisher both use it.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from cryptography.fernet import Fernet
@@ -570,12 +572,226 @@ def backlog(args) -> dict:
         }
 
 
+class BrokerSampler:
+    """Samples the broker's queue length (messages waiting, and those handed to a worker and
+    not yet acknowledged) and Redis's memory every `interval` seconds until stopped."""
+
+    def __init__(self, interval: float):
+        import redis
+
+        self.url, self.queue = ENV["CELERY_BROKER_URL"], ENV["CELERY_QUEUE"]
+        self.client = redis.Redis.from_url(self.url) if self.url.startswith("redis") else None
+        self.interval = interval
+        self.queued: list[int] = []
+        self.memory: list[int] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        if self.client is None:
+            return
+        pipe = self.client.pipeline()
+        pipe.llen(self.queue)
+        pipe.hlen("unacked")
+        pipe.info("memory")
+        waiting, unacked, memory = pipe.execute()
+        self.queued.append(waiting + unacked)
+        self.memory.append(memory["used_memory"])
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.thread.join()
+        if not self.queued:
+            return {"broker": self.url.split("://", 1)[0], "sampled": False}
+        return {
+            "queue_peak_messages": max(self.queued),
+            "memory_start_mb": round(self.memory[0] / 2**20, 1),
+            "memory_peak_mb": round(max(self.memory) / 2**20, 1),
+            "samples": len(self.queued),
+        }
+
+
+def outage(args) -> dict:
+    """One endpoint is down: --outage-deliveries (100,000) events to it, answered 503 through
+    their first attempt and --waves (2) retry waves, then 200 again; meanwhile --endpoints (9)
+    healthy endpoints receive --rate (200) events/s in turn. The down endpoint's schedule is
+    --outage-schedule (60 s, 60 s, then an hour: the waves apart, jittered as in production).
+    When the receiver recovers, the operator sends the waiting deliveries at once
+    (`retry_pending`, the API's retry-pending) and they drain.
+
+    Reports: retry attempts/s within each wave (its attempts over its first to last: the rate
+    they are made at as they come due), the worker's peak RSS against its idle figure, the
+    broker's queue (waiting + unacknowledged) and Redis memory peaks, the healthy endpoints'
+    latency from creation to arrival (over the whole outage, and while retries are going out,
+    i.e. after the first pass of the burst), the drain after recovery (everything due at once:
+    the retry path's capacity); and that every delivery succeeded once: no dead, one 200 per
+    event at the receiver."""
+    from django.db.models import Max, Min
+
+    from deliveries import enqueue, recovery
+    from deliveries.models import Attempt, Delivery, Event
+    from webhooks.models import Endpoint
+
+    secret = harness.new_standard_secret()
+    n = args.outage_deliveries
+    with harness.receiver({"*": secret}) as port:
+        reset_data()
+        healthy_agents = make_scoped_org(args.endpoints, port, secret, f"http://127.0.0.1:{port}/unused")
+        org = healthy_agents[0].organization
+        Endpoint.objects.filter(url__endswith="/unused").delete()
+        down_agent = type(healthy_agents[0]).objects.create(organization=org, name="outage")
+        add_endpoints(org, [f"http://127.0.0.1:{port}/down"], secret, [down_agent])
+        down = Endpoint.objects.get(url__endswith="/down")
+        Endpoint.objects.filter(pk=down.pk).update(retry_schedule=args.outage_schedule)
+        harness.fail(port, "/down", 503)
+
+        worker = Worker(args.workers)
+        rss = RssSampler(worker, args.sample_interval)
+        time.sleep(2)  # idle: the figure the peak is held against
+        idle_mb = max(rss.samples)
+        broker = BrokerSampler(args.sample_interval)
+        stop_stream = threading.Event()
+        streamed: list[int] = []
+        # The healthy agents' steps, made beforehand (as the latency scenario does): finishing
+        # one is the save measured, and this process spends no more on them than it must.
+        pending_steps = new_steps(healthy_agents, int(args.rate * min(args.timeout, 600)))
+
+        def stream() -> None:
+            """Healthy agents finish steps at --rate, round robin, until told to stop."""
+            from django.db import connection
+
+            try:
+                start = time.monotonic()
+                for i, step in enumerate(pending_steps):
+                    if stop_stream.is_set():
+                        break
+                    wait = start + i / args.rate - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    step._loaded_status = "pending"
+                    step.status = "success"
+                    step.save()
+                    streamed.append(i)
+            finally:
+                connection.close()
+
+        streamer = threading.Thread(target=stream, daemon=True)
+        t0 = time.time()
+        streamer.start()
+        try:
+            publish_burst(org, down_agent, n)
+            enqueue.flush(60)
+            published = time.time() - t0
+            failed_waves = Delivery.objects.filter(endpoint=down, attempt_count__gt=args.waves)
+            deadline = time.monotonic() + args.timeout
+            while failed_waves.count() < n and time.monotonic() < deadline:
+                time.sleep(0.5)
+            harness.fail(port, "/down", None)  # the receiver is back
+            recovered = time.time()
+            retried = recovery.retry_pending(down)
+            waiting = Delivery.objects.filter(endpoint=down).exclude(status="succeeded")
+            while waiting.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            drained = time.time()
+            stop_stream.set()
+            streamer.join(30)
+            healthy_deadline = time.monotonic() + 30  # the stream's last events arrive
+            while time.monotonic() < healthy_deadline:
+                paths = harness.stats(port)["paths"]
+                if sum(v["verified"] + v["failed"] for p, v in paths.items() if p != "/down") >= len(streamed):
+                    break
+                time.sleep(0.2)
+        finally:
+            stop_stream.set()
+            peak = rss.stop()
+            queue = broker.stop()
+            worker.stop()
+        records = harness.records(port)
+
+    waves = []
+    for number in range(2, args.waves + 2):
+        span = Attempt.objects.filter(delivery__endpoint=down, number=number).aggregate(
+            first=Min("started_at"), last=Max("started_at")
+        )
+        count = Attempt.objects.filter(delivery__endpoint=down, number=number).count()
+        seconds = (span["last"] - span["first"]).total_seconds() if count > 1 else None
+        waves.append({"attempts": count, "seconds": seconds and round(seconds, 1),
+                      "attempts_per_s": round(count / seconds, 1) if seconds else None})  # fmt: skip
+    healthy = Event.objects.filter(agent__in=healthy_agents, created_at__lte=datetime_from(recovered))
+    sent = {pk: c.timestamp() for pk, c in healthy.values_list("pk", "created_at")}
+    first_retry = Attempt.objects.filter(delivery__endpoint=down, number=2).aggregate(t=Min("started_at"))["t"]
+    while_retrying = healthy.filter(created_at__gte=first_retry) if first_retry else healthy.none()
+    sent_retrying = {pk: c.timestamp() for pk, c in while_retrying.values_list("pk", "created_at")}
+    successes = Counter(r[2] for r in records if r[1] == "/down" and r[4] == 200)
+    return {
+        "scenario": "outage",
+        "deliveries": n,
+        "schedule": args.outage_schedule,
+        "failing_waves": args.waves,
+        "publish_seconds": round(published, 1),
+        "retry_waves": waves,
+        "retry_attempts_per_s": min((w["attempts_per_s"] for w in waves if w["attempts_per_s"]), default=None),
+        "worker_rss_mb": {**peak, "idle_mb": idle_mb, "over_idle_mb": round(peak["peak_mb"] - idle_mb, 1)},
+        "broker": queue,
+        "healthy_latency": harness.latencies(records, sent, missing_at=drained),
+        "healthy_latency_while_retrying": harness.latencies(records, sent_retrying, missing_at=drained),
+        "healthy_events": len(sent),
+        "retried_on_recovery": retried,
+        "drain_seconds": round(drained - recovered, 1),
+        "drain_per_s": round(retried / (drained - recovered), 1) if drained > recovered else None,
+        "succeeded": Delivery.objects.filter(endpoint=down, status="succeeded").count(),
+        "dead": Delivery.objects.filter(status="dead").count(),
+        "events_with_one_success": sum(1 for c in successes.values() if c == 1),
+        "events_with_more_successes": sum(1 for c in successes.values() if c > 1),
+        "verified_all": all(r[3] for r in records),
+    }
+
+
+def publish_burst(org, agent, n: int, chunk: int = 5000) -> None:
+    """`n` events as publish() records them (the Event row; its id to the broker after
+    commit), written 5,000 to an INSERT: a burst from the platform, without this process's
+    Python spending minutes on it beside the worker it measures."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from deliveries import enqueue
+    from deliveries.events import dumps, isoformat
+    from deliveries.models import Event
+
+    for start in range(0, n, chunk):
+        rows = []
+        for i in range(start, min(n, start + chunk)):
+            event = Event(
+                type="agent.custom.outage", organization_id=org.pk, agent_id=agent.pk, created_at=timezone.now()
+            )
+            envelope = {"event_id": event.id, "event_type": event.type, "timestamp": isoformat(event.created_at),
+                        "agent_id": agent.pk, "organization_id": org.pk, "data": {"n": i}}  # fmt: skip
+            event.body = dumps(envelope)
+            rows.append(event)
+        with transaction.atomic():
+            Event.objects.bulk_create(rows)
+            ids = [e.pk for e in rows]
+            transaction.on_commit(lambda ids=ids: enqueue.submit_events(ids))
+
+
+def datetime_from(unix: float):
+    import datetime
+
+    return datetime.datetime.fromtimestamp(unix, tz=datetime.UTC)
+
+
 # Sizes that differ by scenario: the backlog is the 100,000-delivery one; isolation's phases
 # give up sooner, since a service that fails it may never finish them.
 DEFAULTS = {
     "*": {"n": 2000, "endpoints": 10, "timeout": 300.0},
     "isolation": {"n": 2000, "endpoints": 9, "timeout": 60.0},
     "backlog": {"n": 10000},
+    "outage": {"endpoints": 9, "timeout": 900.0},
 }
 
 
@@ -588,6 +804,7 @@ def main() -> None:
         "fanout": fanout,
         "isolation": isolation,
         "backlog": backlog,
+        "outage": outage,
     }
     parser.add_argument("scenario", choices=list(scenarios))
     parser.add_argument("--rate", type=float, default=200, help="events per second (latency, isolation)")
@@ -610,6 +827,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, help="seconds to wait for deliveries (default 300; isolation 60)")
     parser.add_argument("--mode", choices=["live", "drain"], default="live")
     parser.add_argument("--agents", type=int, default=4, help="concurrent publishing threads (throughput, backlog)")
+    parser.add_argument("--outage-deliveries", type=int, default=100_000, help="events to the down endpoint (outage)")
+    parser.add_argument("--waves", type=int, default=2, help="retry waves the down endpoint fails (outage)")
+    parser.add_argument(
+        "--outage-schedule", type=lambda v: [int(x) for x in v.split(",")], default=[60, 60, 3600, 3600],
+        help="the down endpoint's retry schedule, seconds (outage; default 60,60,3600,3600)",
+    )  # fmt: skip
     args = parser.parse_args()
     for name, value in {**DEFAULTS["*"], **DEFAULTS.get(args.scenario, {})}.items():
         if getattr(args, name) is None:

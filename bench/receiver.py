@@ -3,7 +3,8 @@
     python bench/receiver.py --port 9100 --secrets-file secrets.json [--slow /slow=2.5] [--max-seconds 3600]
 
 Every POST is answered `200` (empty body) after its signature is checked; the result is only
-counted, never refused, so a bad signature cannot change the sender's behaviour mid-run.
+counted, never refused, so a bad signature cannot change the sender's behaviour mid-run. A
+path made to fail (`POST /_fail`) is answered with that status instead, until told otherwise.
 
 Secrets file (JSON): request path -> secret, "*" for any other path. A plain string is a
 Standard Webhooks secret; an object may name another scheme:
@@ -23,9 +24,11 @@ Control endpoints (GET unless said):
   /_stats              {"verified", "failed", "requests", "connections", "loop", "first", "last", "paths"}
                        (connections: those that carried a POST; first/last: unix arrival
                        times of the first and last POST; paths: per-path verified/failed)
-  /_records?since=K    JSON list of [arrival_unix_time, path, webhook_id, ok] from record K on
-  POST /_reset         forget counts and records
+  /_records?since=K    JSON list of [arrival_unix_time, path, webhook_id, ok, status answered]
+                       from record K on
+  POST /_reset         forget counts and records (and failing paths)
   POST /_secrets       merge a JSON object of more secrets (same format as the file)
+  POST /_fail          {"/path": 503} answers 503 there from now on; {"/path": null} 200 again
 
 With --records-file, the records are also written there as CSV when the process stops.
 The process exits by itself after --max-seconds (default 2 hours).
@@ -45,6 +48,7 @@ from urllib.parse import parse_qs, urlsplit
 
 TOLERANCE = 5 * 60
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+FAILED = "HTTP/1.1 {} Failing\r\nContent-Length: 0\r\n\r\n"
 MAX_HEAD = 64 * 1024
 
 
@@ -100,7 +104,8 @@ class Receiver:
         self.reset()
 
     def reset(self) -> None:
-        self.records: list[tuple[float, str, str, bool]] = []
+        self.records: list[tuple[float, str, str, bool, int]] = []
+        self.failing: dict[str, int] = {}  # path -> status answered there
         self.verified = self.failed = self.connections = 0
         self.paths: dict[str, list[int]] = {}  # path -> [verified, failed]
 
@@ -138,10 +143,11 @@ class Receiver:
                     ok, msg_id = self.verifier.check(path, headers, body)
                     if not counted:
                         self.connections, counted = self.connections + 1, True
-                    self._count(arrived, path, msg_id, ok)
+                    status = self.failing.get(path, 200)
+                    self._count(arrived, path, msg_id, ok, status)
                     if path in self.slow:
                         await asyncio.sleep(self.slow[path])
-                    writer.write(OK)
+                    writer.write(OK if status == 200 else FAILED.format(status).encode())
                 else:
                     writer.write(self._control(method, target, body))
                 if headers.get("connection", "").lower() == "close":
@@ -166,8 +172,8 @@ class Receiver:
             return b"".join(chunks)
         return b""
 
-    def _count(self, arrived: float, path: str, msg_id: str, ok: bool) -> None:
-        self.records.append((arrived, path, msg_id, ok))
+    def _count(self, arrived: float, path: str, msg_id: str, ok: bool, status: int) -> None:
+        self.records.append((arrived, path, msg_id, ok, status))
         counts = self.paths.setdefault(path, [0, 0])
         if ok:
             self.verified += 1
@@ -186,6 +192,13 @@ class Receiver:
         elif url.path == "/_reset" and method == "POST":
             self.reset()
             payload = {"reset": True}
+        elif url.path == "/_fail" and method == "POST":
+            for path, status in json.loads(body).items():
+                if status is None:
+                    self.failing.pop(path, None)
+                else:
+                    self.failing[path] = int(status)
+            payload = {"failing": self.failing}
         elif url.path == "/_secrets" and method == "POST":
             self.verifier.update(json.loads(body))
             payload = {"paths": sorted(self.verifier.keys)}
@@ -198,7 +211,7 @@ class Receiver:
 def write_records(receiver: Receiver, path: str) -> None:
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["arrived", "path", "webhook_id", "ok"])
+        out.writerow(["arrived", "path", "webhook_id", "ok", "status"])
         out.writerows(receiver.records)
 
 

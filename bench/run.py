@@ -7,7 +7,9 @@ table. Every figure is the median of --runs runs; ratios use medians from this s
 
 Scenarios (--only): throughput (live and drain), overhead, latency, fanout, isolation (one
 endpoint answering in --slow seconds beside --isolation-endpoints fast ones), backlog (worker
-RSS while draining --backlog-events x --backlog-endpoints deliveries), scale (one worker
+RSS while draining --backlog-events x --backlog-endpoints deliveries), outage (one endpoint
+answering 503 to --outage-deliveries events through --outage-waves retry waves while nine
+others get --outage-rate events/s; then it recovers), scale (one worker
 process; RabbitMQ at --amqp-url instead of Redis; the two-process Redis figure is the
 throughput row, measured for scale too), peer (django-webhook). --smoke leaves scale out
 unless named: it is the throughput scenario again, with other flags.
@@ -30,7 +32,7 @@ from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 PEER_PY = BENCH / ".peer-venv" / "bin" / "python"
-SCENARIOS = ("throughput", "overhead", "latency", "fanout", "isolation", "backlog", "scale", "peer")
+SCENARIOS = ("throughput", "overhead", "latency", "fanout", "isolation", "backlog", "outage", "scale", "peer")
 
 
 def run_json(cmd: list[str], timeout: float) -> dict:
@@ -88,6 +90,10 @@ def parse_args() -> argparse.Namespace:
         "isolation_timeout": (60.0, 30.0, "seconds an isolation phase waits for the fast deliveries"),
         "backlog_events": (10000, 30, "events of the backlog (x --backlog-endpoints)"),
         "backlog_endpoints": (10, 5, "endpoints of the backlog"),
+        "outage_deliveries": (100_000, 2000, "events to the endpoint that is down (outage)"),
+        "outage_waves": (2, 2, "retry waves the down endpoint fails before it recovers (outage)"),
+        "outage_schedule": ("60,60,3600,3600", "3,3,3600", "the down endpoint's retry schedule, seconds (outage)"),
+        "outage_rate": (200.0, 20.0, "events/s to the 9 healthy endpoints during the outage"),
         "peer_events": (2000, 200, "django-webhook deliveries (live) and saves (overhead)"),
     }
     for name, (full, smoke, text) in sizes.items():
@@ -153,6 +159,17 @@ def run_once(args, rows: dict, peer_rows: dict) -> None:
         back = backlog(args)
         add("backlog_rss", back["worker_rss_mb"]["peak_mb"])
         add("backlog_rate", back["deliveries_per_s"])
+    if "outage" in args.only:
+        out = outage(args)
+        add("retry_rate", out["retry_attempts_per_s"])
+        add("rss_over_idle", out["worker_rss_mb"]["over_idle_mb"])
+        add("queue_peak", out["broker"].get("queue_peak_messages"))
+        add("broker_mem", out["broker"].get("memory_peak_mb"))
+        add("healthy_p50", out["healthy_latency_while_retrying"].get("median_ms"))
+        add("healthy_p99", out["healthy_latency_while_retrying"].get("p99_ms"))
+        add("healthy_p99_all", out["healthy_latency"].get("p99_ms"))
+        add("drain_s", out["drain_seconds"])
+        add("drain_rate", out["drain_per_s"])
     if "scale" in args.only:
         add("one_worker", throughput(args, "--mode", "live", "--workers", 1)["deliveries_per_s"])
         if reachable(args.amqp_url):
@@ -185,6 +202,21 @@ def isolation(args) -> dict:
     return result
 
 
+def outage(args) -> dict:
+    """A receiver down through two retry waves; every figure stands only if, after recovery,
+    every delivery arrived once: none dead, one 200 per event, every signature verified."""
+    result = ours(
+        "outage", "--outage-deliveries", args.outage_deliveries, "--waves", args.outage_waves,
+        "--outage-schedule", args.outage_schedule, "--rate", args.outage_rate, "--endpoints", 9,
+        timeout=1800,
+    )  # fmt: skip
+    n = result["deliveries"]
+    assert result["succeeded"] == n and result["dead"] == 0, result
+    assert result["events_with_one_success"] == n and result["events_with_more_successes"] == 0, result
+    assert result["verified_all"], result
+    return result
+
+
 def backlog(args) -> dict:
     result = ours("backlog", "-n", args.backlog_events, "--endpoints", args.backlog_endpoints)
     assert result["received"] == result["verified"] == result["succeeded_rows"] == result["deliveries"], result
@@ -198,6 +230,12 @@ def table(args, m: dict, pm: dict) -> list[tuple]:
     def at_most(key: str, limit: float) -> bool | None:
         return None if m.get(key) is None else m[key] <= limit
 
+    def at_least(key: str, limit: float) -> bool | None:
+        return None if m.get(key) is None else m[key] >= limit
+
+    def below(key: str, limit: float) -> bool | None:
+        return None if m.get(key) is None else m[key] < limit
+
     if m.get("live") is None:
         live_target, live_ok = ">= 1000 and >= 10x peer", None
     elif pm.get("live"):
@@ -206,6 +244,9 @@ def table(args, m: dict, pm: dict) -> list[tuple]:
         live_target, live_ok = ">= 1000 (peer not run)", m["live"] >= 1000
     cost_ok, iso_p99_ok = None if m.get("iso_cost") is None else m["iso_cost"] < 10, at_most("iso_p99", 250)
     backlog = f"{args.backlog_events * args.backlog_endpoints:,}"
+    outage = f"{args.outage_deliveries:,}"
+    retry_ok, rss_ok = at_least("retry_rate", 1000), at_most("rss_over_idle", 100)
+    healthy_ok = at_most("healthy_p99", 250)
     fast, slow = args.isolation_endpoints, f"{args.slow:g} s"
     alone = "+ one prompt ep" if args.isolation_baseline == "prompt" else "alone"
     rows = [
@@ -224,6 +265,15 @@ def table(args, m: dict, pm: dict) -> list[tuple]:
         ("backlog_rate", f"backlog {backlog}: drain (deliveries/s)", None, None, "(reported)", None),
         ("one_worker", "throughput, live, 1 worker process (del/s)", None, None, "(reported)", None),
         ("rabbitmq", "throughput, live, RabbitMQ broker (del/s)", None, None, "(reported)", None),
+        ("retry_rate", f"outage {outage}: retry attempts/s (slowest wave)", None, None, ">= 1000", retry_ok),
+        ("rss_over_idle", "outage: worker peak RSS over idle (MiB)", None, None, "<= 100", rss_ok),
+        ("queue_peak", "outage: broker queue peak (messages)", None, None, "< 5000", below("queue_peak", 5000)),
+        ("broker_mem", "outage: Redis memory peak (MiB)", None, None, "(reported)", None),
+        ("healthy_p50", "outage: healthy eps' p50 while retrying (ms)", None, None, "(reported)", None),
+        ("healthy_p99", "outage: healthy eps' p99 while retrying (ms)", None, None, "<= 250", healthy_ok),
+        ("healthy_p99_all", "outage: healthy eps' p99 incl. the burst (ms)", None, None, "(reported)", None),
+        ("drain_s", "outage: drain after recovery (s)", None, None, "(reported)", None),
+        ("drain_rate", "outage: drain after recovery (deliveries/s)", None, None, "(reported)", None),
     ]  # fmt: skip
     out = [(name, m.get(key), p, r, target, ok) for key, name, p, r, target, ok in rows if key in m or p is not None]
     if "scale" in args.only and "rabbitmq" not in m:

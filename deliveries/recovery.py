@@ -23,6 +23,8 @@ from .store import lease_is_free
 logger = logging.getLogger(__name__)
 
 RELEASE_CHUNK = 2000
+CHUNK = 5000
+SUBMIT_AT_ONCE = 500
 
 
 class NotRetryable(ValueError):
@@ -70,13 +72,13 @@ def _make_due(rows) -> int:
     """Make the pending, unheld, unleased deliveries among `rows` due now and submit them."""
     now = timezone.now()
     waiting = rows.filter(lease_is_free(now), status=DeliveryStatus.PENDING, next_attempt_at__isnull=False)
-    ids = list(waiting.values_list("pk", flat=True))
-    if not ids:
-        return 0
-    # Those due already keep their time (and their place in line); those waiting become due.
-    waiting.filter(pk__in=ids, next_attempt_at__gt=now).update(next_attempt_at=now, slot_reserved=False)
-    _submit(ids)
-    return len(ids)
+    total = 0
+    for ids in _chunks(waiting):
+        # Those due already keep their time (and their place in line); those waiting become due.
+        waiting.filter(pk__in=ids, next_attempt_at__gt=now).update(next_attempt_at=now, slot_reserved=False)
+        _submit(ids, total)
+        total += len(ids)
+    return total
 
 
 def recover_endpoint(endpoint, since: datetime.datetime) -> int:
@@ -126,21 +128,35 @@ def purge_attempts() -> int:
 
 def _restart(rows) -> int:
     """Make `rows` pending at the start of a new series, due now, and hand them to the broker."""
-    ids = list(rows.values_list("pk", flat=True))
-    updated = rows.filter(pk__in=ids).update(
-        status=DeliveryStatus.PENDING,
-        series_start=F("attempt_count"),
-        next_attempt_at=timezone.now(),
-        finished_at=None,
-        lease=None,
-        locked_until=None,
-        slot_reserved=False,
-    )
-    if updated:
-        _submit(ids)
-    return updated
+    total = 0
+    for ids in _chunks(rows):
+        updated = rows.filter(pk__in=ids).update(
+            status=DeliveryStatus.PENDING,
+            series_start=F("attempt_count"),
+            next_attempt_at=timezone.now(),
+            finished_at=None,
+            lease=None,
+            locked_until=None,
+            slot_reserved=False,
+        )
+        _submit(ids, total)
+        total += updated
+    return total
 
 
-def _submit(ids: list[int]) -> None:
+def _chunks(rows):
+    """The ids of `rows` in chunks of CHUNK, by primary key: an endpoint may have 100,000
+    deliveries to retry, and one statement takes at most 65,535 parameters."""
+    last = 0
+    while ids := list(rows.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:CHUNK]):
+        yield ids
+        last = ids[-1]
+
+
+def _submit(ids: list[int], already: int = 0) -> None:
+    """Hand the first SUBMIT_AT_ONCE of a retry to the broker for an attempt within
+    milliseconds; the rest are due, and the due loops take them a batch at a time (a message
+    per 50 of 100,000 would only race them)."""
+    ids = ids[: max(0, SUBMIT_AT_ONCE - already)]
     if ids:
         transaction.on_commit(lambda: enqueue.submit(ids))

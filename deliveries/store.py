@@ -22,7 +22,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from webhooks import health
-from webhooks.models import redact_headers
+from webhooks.models import Endpoint, redact_headers
 
 from . import policy, signals
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus
@@ -60,8 +60,16 @@ def lease_seconds(count: int) -> float:
 
 
 def _loaded(ids: list[int], lease: str) -> list[Delivery]:
-    rows = Delivery.objects.filter(pk__in=ids, lease=lease).select_related("event", "endpoint")
-    return list(rows.order_by("next_attempt_at", "pk"))
+    """The leased deliveries with their events, and their endpoints loaded once each (a batch
+    is often fifty deliveries to one endpoint: one instance, not fifty)."""
+    rows = list(
+        Delivery.objects.filter(pk__in=ids, lease=lease).select_related("event").order_by("next_attempt_at", "pk")
+    )
+    endpoints = Endpoint.objects.in_bulk({d.endpoint_id for d in rows if d.endpoint_id})
+    for d in rows:
+        if d.endpoint_id:
+            d.endpoint = endpoints[d.endpoint_id]
+    return rows
 
 
 def claim(delivery_ids: list[int]) -> list[Delivery]:
@@ -88,14 +96,34 @@ def claim_due(limit: int, target: tuple[str, object] | None = None) -> list[Deli
         kind, where = target
         rows = rows.filter(kind=kind, **({"endpoint_id": where} if kind == DeliveryKind.ENDPOINT else {"url": where}))
     lease, locked_until = new_lease(limit)
-    with transaction.atomic():
-        relaxed_commit()
-        locked = rows.select_for_update(skip_locked=True).order_by("next_attempt_at", "pk")
-        ids = list(locked.values_list("pk", flat=True)[:limit])
-        if not ids:
-            return []
-        Delivery.objects.filter(pk__in=ids).update(lease=lease, locked_until=locked_until)
-    return _loaded(ids, lease)
+    if connection.vendor == "postgresql":  # one statement: this runs a batch at a time, all day
+        ids = _claim_due_at_once(now, limit, lease, locked_until, target)
+    else:
+        with transaction.atomic():
+            locked = rows.select_for_update(skip_locked=True).order_by("next_attempt_at", "pk")
+            ids = list(locked.values_list("pk", flat=True)[:limit])
+            Delivery.objects.filter(pk__in=ids).update(lease=lease, locked_until=locked_until)
+    return _loaded(ids, lease) if ids else []
+
+
+def _claim_due_at_once(now, limit: int, lease: str, locked_until, target) -> list[int]:
+    """`claim_due`'s lease as one UPDATE ... RETURNING, the due rows locked with SKIP LOCKED
+    in a subquery, instead of a transaction of four round trips."""
+    where, params = "", []
+    if target is not None:
+        kind, value = target
+        where = "AND kind = %s AND " + ("endpoint_id = %s" if kind == DeliveryKind.ENDPOINT else "url = %s")
+        params = [kind, value]
+    table = Delivery._meta.db_table
+    sql = f"""
+        UPDATE {table} SET lease = %s, locked_until = %s WHERE id IN (
+            SELECT id FROM {table}
+            WHERE status = %s AND next_attempt_at <= %s AND (locked_until IS NULL OR locked_until < %s) {where}
+            ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED)
+        RETURNING id"""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [lease, locked_until, DeliveryStatus.PENDING, now, now, *params, limit])
+        return [row[0] for row in cursor.fetchall()]
 
 
 def next_due_at() -> datetime.datetime | None:
@@ -160,7 +188,7 @@ def record(jobs: list) -> list[Outcome]:
         try:
             with transaction.atomic():  # one commit for the whole batch's log
                 relaxed_commit()
-                Attempt.objects.bulk_create(attempts)
+                _insert_attempts(attempts)
                 _save_outcomes(deliveries, leases)
                 disabled = health.record_attempts(succeeded, failed, now)
                 if gone_endpoints:
@@ -211,6 +239,22 @@ def _judge(delivery: Delivery, response, now: datetime.datetime) -> Outcome:
         delivery.finished_at = now
     delivery.slot_reserved = False
     return Outcome(delivery.pk, delivery.status, delay)
+
+
+def _insert_attempts(attempts: list[Attempt]) -> None:
+    """INSERT a batch's attempt rows. On PostgreSQL with COPY: Django 5.2's bulk_create sends
+    the columns as arrays for UNNEST, and psycopg builds those arrays value by value in Python
+    (a fifth of a retrying worker's time); COPY formats rows in C. Nobody needs their ids."""
+    if connection.vendor != "postgresql":
+        Attempt.objects.bulk_create(attempts)
+        return
+    with connection.cursor() as cursor, cursor.cursor.copy(_COPY_ATTEMPTS) as copy:
+        for attempt in attempts:
+            copy.write_row([f.get_db_prep_save(getattr(attempt, f.attname), connection) for f in _ATTEMPT_FIELDS])
+
+
+_ATTEMPT_FIELDS = [f for f in Attempt._meta.concrete_fields if not f.primary_key]
+_COPY_ATTEMPTS = f"COPY {Attempt._meta.db_table} ({', '.join(f.column for f in _ATTEMPT_FIELDS)}) FROM STDIN"
 
 
 def _save_outcomes(deliveries: list[Delivery], leases: list[str | None]) -> None:
@@ -286,10 +330,8 @@ def _log(delivery: Delivery, request, response, outcome: Outcome) -> None:
     url = _without_query(request.url)
     if outcome.status == DeliveryStatus.SUCCEEDED:
         logger.info("delivery %s to %s: %s in %d ms", delivery.pk, url, what, response.duration_ms)
-    elif outcome.status == DeliveryStatus.PENDING:
-        logger.warning(
-            "delivery %s to %s: %s, retry in %s", delivery.pk, url, what, policy.format_seconds(outcome.delay)
-        )
+    elif outcome.status == DeliveryStatus.PENDING:  # expected, and in the attempt log: not a warning
+        logger.info("delivery %s to %s: %s, retry in %s", delivery.pk, url, what, policy.format_seconds(outcome.delay))
     else:
         logger.warning("delivery %s to %s: %s, %s", delivery.pk, url, what, outcome.status)
 

@@ -13,7 +13,7 @@ from django.conf import settings
 
 from agents_hooks.models import Agent, Organization
 from tests.receiver import Receiver
-from tests.support import Worker
+from tests.support import AMQP_URL, Worker
 from webhooks.models import Endpoint
 
 
@@ -59,6 +59,9 @@ def pytest_sessionstart(session):
         missing.append(f"PostgreSQL at {db.get('HOST')}:{db.get('PORT')}")
     if not _reachable(broker.hostname or "127.0.0.1", broker.port or 6379):
         missing.append(f"Redis at {broker.hostname}:{broker.port}")
+    amqp = urlsplit(AMQP_URL)
+    if not _reachable(amqp.hostname or "127.0.0.1", amqp.port or 5672):
+        missing.append(f"RabbitMQ at {amqp.hostname}:{amqp.port}")
     if missing:
         pytest.exit("required services unreachable: " + ", ".join(missing) + " (see README, 'Tests')", returncode=3)
 

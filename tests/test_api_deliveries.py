@@ -332,3 +332,23 @@ def test_walkthrough_endpoint_agent_step_complete_then_see_the_delivery(live, ap
     assert envelope["agent_id"] == agent["id"]
     assert envelope["data"]["usage"] == {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
     assert first.body == second.body
+
+
+def test_retry_pending_of_many_works_in_chunks_and_the_due_loop_sends_the_rest(live, api, org, monkeypatch):
+    """An endpoint with more waiting deliveries than one statement takes parameters for (the
+    outage benchmark's 100,000): made due a chunk at a time; the first few go to the broker at
+    once, the due loop sends the others."""
+    from deliveries import recovery
+
+    monkeypatch.setattr(recovery, "CHUNK", 7)
+    monkeypatch.setattr(recovery, "SUBMIT_AT_ONCE", 5)
+    endpoint = Endpoint.objects.create(organization=org, url=live.url("/many"), retry_schedule=[3600])
+    waiting = [logged(endpoint, "pending", codes=(503,)) for _ in range(20)]
+    Delivery.objects.filter(pk__in=[d.pk for d in waiting]).update(
+        next_attempt_at=timezone.now() + datetime.timedelta(hours=1)
+    )
+    response = api.post(f"/api/v1/webhooks/{endpoint.pk}/retry-pending/")
+    assert response.json() == {"retried": 20}
+    live.wait_for(20, path="/many", timeout=20)
+    wait_until(lambda: Delivery.objects.filter(endpoint=endpoint, status="succeeded").count() == 20)
+    assert len({r.headers["webhook-id"] for r in live.received("/many")}) == 20

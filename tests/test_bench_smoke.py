@@ -50,3 +50,17 @@ def test_backlog_scenario_drains_with_one_worker_process():
     result = bench("backlog", "-n", "30", "--endpoints", "5", "--workers", "1")
     assert result["received"] == result["verified"] == result["succeeded_rows"] == 150
     assert result["worker_rss_mb"]["peak_mb"] > 0 and result["deliveries_per_s"] > 0
+
+
+def test_outage_scenario_delivers_everything_once():
+    """A receiver down through two retry waves (2 s apart here) beside three healthy ones;
+    after it recovers, every delivery arrived once, none dead."""
+    result = bench(
+        "outage", "--outage-deliveries", "200", "--waves", "2", "--outage-schedule", "2,2,3600",
+        "--rate", "20", "--endpoints", "3", "--timeout", "120",
+    )  # fmt: skip
+    assert result["succeeded"] == 200 and result["dead"] == 0
+    assert result["events_with_one_success"] == 200 and result["events_with_more_successes"] == 0
+    assert [w["attempts"] for w in result["retry_waves"]] == [200, 200]
+    assert result["verified_all"] and result["healthy_latency"]["missing"] == 0
+    assert result["broker"]["queue_peak_messages"] >= 0 and result["worker_rss_mb"]["peak_mb"] > 0

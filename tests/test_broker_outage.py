@@ -72,8 +72,9 @@ def test_a_busy_worker_rides_out_redis_going_away(receiver_only, agent, make_end
         publisher = start_agent(steps[:30], env)
         receiver.wait_for(4, path="/slow")  # POSTs in flight
         wait_until(
-            lambda: Delivery.objects.filter(endpoint__url__endswith="/failing", status="pending", attempt_count=1)
-            .exists(),
+            lambda: Delivery.objects.filter(
+                endpoint__url__endswith="/failing", status="pending", attempt_count=1
+            ).exists(),
             message="a retry waiting",
         )
         redis.kill() if fault == "kill" else redis.stop()

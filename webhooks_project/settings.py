@@ -328,6 +328,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # their messages come back and find nothing to claim. Cancelling them (Celery 6's default)
 # would only abandon POSTs already made, to be sent again after their lease.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# After a reconnection Celery lowers the prefetch count while tasks from before run out. With
+# a pool of threads on RabbitMQ, restoring it afterwards is called from the pool threads on
+# the one AMQP connection, which is not thread-safe: the worker hangs after a RabbitMQ restart.
+# Without the reduction a reconnected worker may prefetch a few more messages than usual.
+CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_positive("CELERY_WORKER_PREFETCH_MULTIPLIER", "int", 4, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
