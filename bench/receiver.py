@@ -23,7 +23,8 @@ Standard Webhooks secret; an object may name another scheme:
 Control endpoints (GET unless said):
   /_stats              {"verified", "failed", "requests", "connections", "loop", "first", "last", "paths"}
                        (connections: those that carried a POST; first/last: unix arrival
-                       times of the first and last POST; paths: per-path verified/failed)
+                       times of the first and last POST; paths: per-path verified/failed and
+                       "answered": {status: count})
   /_records?since=K    JSON list of [arrival_unix_time, path, webhook_id, ok, status answered]
                        from record K on
   POST /_reset         forget counts and records (and failing paths)
@@ -108,6 +109,7 @@ class Receiver:
         self.failing: dict[str, int] = {}  # path -> status answered there
         self.verified = self.failed = self.connections = 0
         self.paths: dict[str, list[int]] = {}  # path -> [verified, failed]
+        self.answered: dict[str, dict[int, int]] = {}  # path -> status -> count
 
     def stats(self) -> dict:
         return {
@@ -118,7 +120,10 @@ class Receiver:
             "loop": self.loop_name,
             "first": self.records[0][0] if self.records else None,
             "last": self.records[-1][0] if self.records else None,
-            "paths": {p: {"verified": v, "failed": f} for p, (v, f) in self.paths.items()},
+            "paths": {
+                p: {"verified": v, "failed": f, "answered": self.answered.get(p, {})}
+                for p, (v, f) in self.paths.items()
+            },
         }
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -174,6 +179,8 @@ class Receiver:
 
     def _count(self, arrived: float, path: str, msg_id: str, ok: bool, status: int) -> None:
         self.records.append((arrived, path, msg_id, ok, status))
+        statuses = self.answered.setdefault(path, {})
+        statuses[status] = statuses.get(status, 0) + 1
         counts = self.paths.setdefault(path, [0, 0])
         if ok:
             self.verified += 1

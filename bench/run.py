@@ -92,7 +92,7 @@ def parse_args() -> argparse.Namespace:
         "backlog_endpoints": (10, 5, "endpoints of the backlog"),
         "outage_deliveries": (100_000, 2000, "events to the endpoint that is down (outage)"),
         "outage_waves": (2, 2, "retry waves the down endpoint fails before it recovers (outage)"),
-        "outage_schedule": ("60,60,3600,3600", "3,3,3600", "the down endpoint's retry schedule, seconds (outage)"),
+        "outage_schedule": ("120,120,3600,3600", "3,3,3600", "the down endpoint's retry schedule, seconds (outage)"),
         "outage_rate": (200.0, 20.0, "events/s to the 9 healthy endpoints during the outage"),
         "peer_events": (2000, 200, "django-webhook deliveries (live) and saves (overhead)"),
     }

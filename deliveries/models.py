@@ -22,17 +22,19 @@ def new_event_id() -> str:
 
 class Event(models.Model):
     id = models.CharField(primary_key=True, max_length=40, default=new_event_id, editable=False)
-    type = models.CharField(max_length=100, db_index=True)
-    organization = models.ForeignKey("agents_hooks.Organization", on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=100)
+    organization = models.ForeignKey(
+        "agents_hooks.Organization", on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     agent = models.ForeignKey(
-        "agents_hooks.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+        "agents_hooks.Agent", on_delete=models.SET_NULL, null=True, blank=True, related_name="events", db_index=False
     )
     # The exact JSON envelope POSTed to endpoints: serialised once, signed and sent as is.
     body = models.TextField()
     # Publishing twice with one key records one event (a unique index, so it holds across
     # processes and concurrent transactions).
     dedupe_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()
     # Deliveries are created by the worker ("fan-out"), off the publishing save's path; until
     # then this is NULL and the due loop watches the event. `targets` lists destinations other
     # than subscribed endpoints: [{"kind", "url", "body"}] or [{"endpoint": id}].
@@ -40,8 +42,14 @@ class Event(models.Model):
     fanned_out_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        # Every publishing save inserts a row here: only the indexes something reads. (Django's
+        # defaults added a second, LIKE-only index to every string key and indexed column.)
         indexes = [
-            models.Index(fields=["created_at"], name="event_not_fanned_out", condition=models.Q(fanned_out_at=None))
+            models.Index(fields=["created_at"], name="event_not_fanned_out", condition=models.Q(fanned_out_at=None)),
+            models.Index(fields=["organization", "created_at"], name="event_org_created"),
+            models.Index(fields=["created_at"], name="event_created"),
+            models.Index(fields=["type"], name="event_type"),
+            models.Index(fields=["agent"], name="event_agent"),
         ]
 
     def __str__(self) -> str:
@@ -72,10 +80,10 @@ class Delivery(models.Model):
     to claim and sends nothing; a succeeded delivery is never claimed.
     """
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     kind = models.CharField(max_length=16, choices=DeliveryKind.choices, default=DeliveryKind.ENDPOINT)
     endpoint = models.ForeignKey(
-        "webhooks.Endpoint", on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries"
+        "webhooks.Endpoint", on_delete=models.CASCADE, null=True, blank=True, related_name="deliveries", db_index=False
     )
     # Targets other than endpoints (seed 000 / 003) carry their own URL and body.
     url = models.URLField(max_length=2048, blank=True, default="")
@@ -98,11 +106,14 @@ class Delivery(models.Model):
 
     class Meta:
         verbose_name_plural = "deliveries"
+        # Every attempt rewrites the row: only the indexes something reads (the endpoint's
+        # lookups use the composite; Django's defaults added LIKE-only twins of both keys).
         indexes = [
             # The due loop's scan: pending deliveries by due time.
             models.Index(fields=["next_attempt_at"], name="delivery_due", condition=models.Q(status="pending")),
             models.Index(fields=["endpoint", "created_at"]),
             models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["event"], name="delivery_event"),
         ]
 
     def __str__(self) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from tests.receiver import Reply
+
 ROOT = Path(__file__).resolve().parent.parent
 # The machine's RabbitMQ, for the tests that run the pipeline on it (tests/test_rabbitmq.py).
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -111,6 +113,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 class PrivateRedis:
     """A redis-server of the test's own (same binary as the suite's Redis), on `port`, that
     the test can stop and start again without disturbing anything else. No persistence: a
@@ -147,11 +158,7 @@ class PrivateRedis:
             self.proc.wait(10)
 
     def up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return listening(self.port)
 
     def client(self):
         import redis
@@ -210,7 +217,10 @@ class PrivateRabbit:
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         log.close()
-        self._ctl("wait", "--timeout", "60", str(self.base / "node.pid"))
+        pid_file = self.base / "node.pid"
+        # rabbitmqctl wait reads a pid file caught half-written as "garbage": wait for a whole one.
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), 60, message="node pid file")
+        self._ctl("wait", "--timeout", "60", str(pid_file))
         self._ctl("await_startup", "--timeout", "60")
         wait_until(self.up, timeout=30, message="private RabbitMQ to accept connections")
 
@@ -219,6 +229,7 @@ class PrivateRabbit:
         if self.proc and self.proc.poll() is None:
             self._ctl("stop", str(self.base / "node.pid"))
             self.proc.wait(30)
+            (self.base / "node.pid").unlink(missing_ok=True)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -228,11 +239,7 @@ class PrivateRabbit:
             self.proc.wait(30)
 
     def up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return listening(self.port)
 
     def queue_depth(self, queue: str) -> tuple[int, int]:
         """(messages ready, messages unacknowledged) of `queue`."""
@@ -391,3 +398,32 @@ def all_succeeded(count: int):
     from deliveries.models import Delivery
 
     return lambda: Delivery.objects.filter(status="succeeded").count() == count
+
+
+# --- a worker with work in every state, for the broker fault tests -------------------------
+
+# One event per message and per task, and tasks that wait for their slow POSTs: a worker busy
+# with these holds unacknowledged messages (in progress and prefetched) when the broker goes.
+BUSY_WORKER_ENV = {
+    "WEBHOOK_STRANDED_AFTER": "2",
+    "WEBHOOK_BATCH_SIZE": "1",
+    "WEBHOOK_FANOUT_BATCH": "1",
+    "WEBHOOK_STRAGGLER_AFTER": "5",
+}
+
+
+def busy_endpoints(receiver, make_endpoint) -> None:
+    """/slow answers in 0.5 s; /failing fails every message's first POST, its retry in 2 s."""
+    make_endpoint("/slow")
+    make_endpoint("/failing", retry_schedule=[2])
+    receiver.script("/slow", [Reply(200, delay=0.5)] * 40)
+    receiver.fail_first("/failing", 503)
+
+
+def wait_until_busy(receiver) -> None:
+    """POSTs in flight, and a retry waiting for its time."""
+    from deliveries.models import Delivery
+
+    receiver.wait_for(4, path="/slow")
+    waiting = Delivery.objects.filter(endpoint__url__endswith="/failing", status="pending", attempt_count=1)
+    wait_until(waiting.exists, message="a retry waiting")

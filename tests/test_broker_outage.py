@@ -18,15 +18,17 @@ from django.utils import timezone
 
 from deliveries import pipeline
 from deliveries.models import Attempt, Delivery
-from tests.receiver import Reply
 from tests.support import (
+    BUSY_WORKER_ENV,
     PrivateRedis,
     Worker,
     agent_finished,
+    busy_endpoints,
     complete_steps,
     fanned_out_here,
     start_agent,
     wait_until,
+    wait_until_busy,
     wait_until_settled,
     webhook_ids,
 )
@@ -43,20 +45,8 @@ def test_a_busy_worker_rides_out_redis_going_away(receiver_only, agent, make_end
     receiver = receiver_only
     redis = PrivateRedis()
     redis.start()
-    env = {
-        "CELERY_BROKER_URL": redis.url,
-        "CELERY_QUEUE": f"outage-{uuid.uuid4().hex[:8]}",
-        "WEBHOOK_STRANDED_AFTER": "2",
-        # One event per message and per task, and tasks that wait for their slow POSTs: the
-        # worker holds unacknowledged messages (in progress and prefetched) when Redis dies.
-        "WEBHOOK_BATCH_SIZE": "1",
-        "WEBHOOK_FANOUT_BATCH": "1",
-        "WEBHOOK_STRAGGLER_AFTER": "5",
-    }
-    make_endpoint("/slow")
-    make_endpoint("/failing", retry_schedule=[2])
-    receiver.script("/slow", [Reply(200, delay=0.5)] * 40)
-    receiver.fail_first("/failing", 503)  # every first attempt fails: its retry waits 2 s
+    env = {"CELERY_BROKER_URL": redis.url, "CELERY_QUEUE": f"outage-{uuid.uuid4().hex[:8]}", **BUSY_WORKER_ENV}
+    busy_endpoints(receiver, make_endpoint)
     steps = [agent.steps.create() for _ in range(40)]
     worker = Worker(tmp_path / "worker.log", extra_env=env, pool=pool, concurrency=2 if pool == "prefork" else 8)
     pid = worker.proc.pid
@@ -70,13 +60,7 @@ def test_a_busy_worker_rides_out_redis_going_away(receiver_only, agent, make_end
             )
         worker.wait_log(r"Task deliveries\.tasks\.deliver_batch\[[^\]]+\] received")
         publisher = start_agent(steps[:30], env)
-        receiver.wait_for(4, path="/slow")  # POSTs in flight
-        wait_until(
-            lambda: Delivery.objects.filter(
-                endpoint__url__endswith="/failing", status="pending", attempt_count=1
-            ).exists(),
-            message="a retry waiting",
-        )
+        wait_until_busy(receiver)
         redis.kill() if fault == "kill" else redis.stop()
         agent_finished(publisher)
 

@@ -17,13 +17,16 @@ from deliveries.models import Attempt, Delivery
 from tests.receiver import Reply
 from tests.support import (
     AMQP_URL,
+    BUSY_WORKER_ENV,
     PrivateRabbit,
     Worker,
     agent_finished,
     all_succeeded,
+    busy_endpoints,
     complete_steps,
     start_agent,
     wait_until,
+    wait_until_busy,
     wait_until_settled,
     webhook_ids,
 )
@@ -92,31 +95,14 @@ def test_a_busy_worker_rides_out_a_rabbitmq_restart(receiver_only, agent, make_e
     receiver = receiver_only
     rabbit = PrivateRabbit(tmp_path / "rabbit")
     rabbit.start()
-    env = on_rabbitmq(
-        rabbit.url,
-        WEBHOOK_STRANDED_AFTER="2",
-        # One event per message and per task, and tasks that wait for their slow POSTs: the
-        # worker holds unacknowledged messages when the broker goes.
-        WEBHOOK_BATCH_SIZE="1",
-        WEBHOOK_FANOUT_BATCH="1",
-        WEBHOOK_STRAGGLER_AFTER="5",
-    )
-    make_endpoint("/slow")
-    make_endpoint("/failing", retry_schedule=[2])
-    receiver.script("/slow", [Reply(200, delay=0.5)] * 40)
-    receiver.fail_first("/failing", 503)
+    env = on_rabbitmq(rabbit.url, **BUSY_WORKER_ENV)
+    busy_endpoints(receiver, make_endpoint)
     steps = [agent.steps.create() for _ in range(40)]
     worker = Worker(tmp_path / "worker.log", extra_env=env, pool=pool, concurrency=2 if pool == "prefork" else 8)
     pid = worker.proc.pid
     try:
         publisher = start_agent(steps[:30], env)
-        receiver.wait_for(4, path="/slow")  # POSTs in flight
-        wait_until(
-            lambda: Delivery.objects.filter(
-                endpoint__url__endswith="/failing", status="pending", attempt_count=1
-            ).exists(),
-            message="a retry waiting",
-        )
+        wait_until_busy(receiver)
         agent_finished(publisher)
         rabbit.stop()
         assert not rabbit.up()

@@ -2,6 +2,7 @@
 
 import datetime
 import fnmatch
+import functools
 import secrets
 
 from django.conf import settings
@@ -38,12 +39,15 @@ SIGNATURE_HEADERS = frozenset({"webhook-signature", "x-letta-signature"})  # der
 
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
     """Headers as they may be shown (API, admin, attempt log): credential-like values hidden."""
-    return {
-        name: "[redacted]"
-        if name.lower() not in SIGNATURE_HEADERS and any(w in name.lower() for w in SENSITIVE_HEADER_WORDS)
-        else value
-        for name, value in headers.items()
-    }
+    return {name: "[redacted]" if _is_secret(name) else value for name, value in headers.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret(name: str) -> bool:
+    """Whether a header's name suggests a credential (cached: every attempt logs the same few
+    names, and this ran per header per attempt)."""
+    lowered = name.lower()
+    return lowered not in SIGNATURE_HEADERS and any(w in lowered for w in SENSITIVE_HEADER_WORDS)
 
 
 MAX_RATE_LIMIT = 100_000  # deliveries per second

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from celery import Celery, bootsteps
 from celery.signals import (
+    task_postrun,
     task_prerun,
     worker_init,
     worker_process_init,
@@ -40,6 +41,23 @@ def _relaxed_commits(**kwargs) -> None:
     from deliveries.store import relax_session
 
     connection_created.connect(relax_session, weak=False)
+
+
+@task_prerun.connect
+def _task_takes_its_turn(task=None, **kwargs) -> None:
+    """Tasks and the due loop take turns in a worker process, tasks first (deliveries/dueloop.py)."""
+    from deliveries.dueloop import turns
+
+    if task is None or not getattr(task.request, "is_eager", False):
+        turns.task_started()
+
+
+@task_postrun.connect
+def _task_ends_its_turn(task=None, **kwargs) -> None:
+    from deliveries.dueloop import turns
+
+    if task is None or not getattr(task.request, "is_eager", False):
+        turns.task_finished()
 
 
 @task_prerun.connect

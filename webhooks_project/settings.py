@@ -190,6 +190,9 @@ WEBHOOK_RETRY_AFTER_MAX = env_positive("WEBHOOK_RETRY_AFTER_MAX", "float", 3600.
 # Each worker process's due loop (deliveries/dueloop.py) looks for due deliveries at least
 # this often (seconds); sooner when it knows something comes due sooner.
 WEBHOOK_DUE_POLL_INTERVAL = env_positive("WEBHOOK_DUE_POLL_INTERVAL", "float", 1.0, minimum=0.05)
+# Tasks and the due loop take turns in a worker process, tasks first: the loop waits at most
+# this many seconds for running tasks before its next batch (deliveries/dueloop.py).
+WEBHOOK_DUE_YIELD_MAX = env_positive("WEBHOOK_DUE_YIELD_MAX", "float", 0.25)
 # An event not fanned out this many seconds after it was published lost its message (broker
 # down at the time): the due loop fans it out from the database.
 WEBHOOK_STRANDED_AFTER = env_positive("WEBHOOK_STRANDED_AFTER", "float", 10.0)
@@ -223,6 +226,9 @@ WEBHOOK_HTTP_CONCURRENCY = env_positive("WEBHOOK_HTTP_CONCURRENCY", "int", 32, m
 # (deliveries/lanes.py).
 WEBHOOK_STRAGGLER_AFTER = env_positive("WEBHOOK_STRAGGLER_AFTER", "float", 0.5, minimum=0.01)
 WEBHOOK_ENDPOINT_CONCURRENCY = env_positive("WEBHOOK_ENDPOINT_CONCURRENCY", "int", 8, minimum=1)
+# A publishing process sends at most one message of each kind per this many seconds, with every
+# id gathered meanwhile (an event that comes alone goes at once): deliveries/enqueue.py.
+WEBHOOK_ENQUEUE_WINDOW = env_positive("WEBHOOK_ENQUEUE_WINDOW", "float", 0.02)
 # Deliveries handed to the broker in one message (first attempts are sent as a batch).
 WEBHOOK_BATCH_SIZE = env_positive("WEBHOOK_BATCH_SIZE", "int", 50, minimum=1)
 # A worker holds a delivery for the longest possible attempt plus this margin (seconds); if it
