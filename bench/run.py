@@ -11,7 +11,8 @@ RSS while draining --backlog-events x --backlog-endpoints deliveries), outage (o
 answering 503 to --outage-deliveries events through --outage-waves retry waves while nine
 others get --outage-rate events/s; then it recovers), scale (one worker
 process; RabbitMQ at --amqp-url instead of Redis; the two-process Redis figure is the
-throughput row, measured for scale too), peer (django-webhook). --smoke leaves scale out
+throughput row, measured for scale too), metrics (live throughput with Prometheus counting
+off, beside the same run's live figure: their cost), peer (django-webhook). --smoke leaves scale out
 unless named: it is the throughput scenario again, with other flags.
 
 Needs PostgreSQL and Redis on 127.0.0.1 (as the tests do), and RabbitMQ for its scale row
@@ -32,19 +33,22 @@ from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 PEER_PY = BENCH / ".peer-venv" / "bin" / "python"
-SCENARIOS = ("throughput", "overhead", "latency", "fanout", "isolation", "backlog", "outage", "scale", "peer")
+SCENARIOS = (
+    "throughput", "overhead", "latency", "fanout", "isolation", "backlog", "outage", "scale", "metrics", "peer"
+)  # fmt: skip
 
 
-def run_json(cmd: list[str], timeout: float) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent)
+def run_json(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
+    environ = {**os.environ, **env} if env else None
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent, env=environ)
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     text = out.stdout.strip()
     return json.loads(text[text.index("{") :]) if text.startswith("{") or "\n{" in text else json.loads(text)
 
 
-def ours(scenario: str, *args, timeout: float = 900) -> dict:
-    return run_json([sys.executable, str(BENCH / "ours.py"), scenario, *map(str, args)], timeout)
+def ours(scenario: str, *args, timeout: float = 900, env: dict | None = None) -> dict:
+    return run_json([sys.executable, str(BENCH / "ours.py"), scenario, *map(str, args)], timeout, env)
 
 
 def peer(n: int, overhead: int) -> dict:
@@ -125,8 +129,8 @@ def check_throughput(result: dict) -> dict:
     return result
 
 
-def throughput(args, *extra) -> dict:
-    return check_throughput(ours("throughput", "-n", args.events, "--endpoints", args.endpoints, *extra))
+def throughput(args, *extra, env: dict | None = None) -> dict:
+    return check_throughput(ours("throughput", "-n", args.events, "--endpoints", args.endpoints, *extra, env=env))
 
 
 def run_once(args, rows: dict, peer_rows: dict) -> None:
@@ -137,6 +141,12 @@ def run_once(args, rows: dict, peer_rows: dict) -> None:
 
     if args.only & {"throughput", "scale"}:
         add("live", throughput(args, "--mode", "live")["deliveries_per_s"])
+    if "metrics" in args.only:  # the same live run with Prometheus counting switched off, interleaved
+        off = throughput(args, "--mode", "live", env={"WEBHOOK_METRICS_ENABLED": "false"})["deliveries_per_s"]
+        add("metrics_off", off)
+        if not args.only & {"throughput", "scale"}:
+            add("live", throughput(args, "--mode", "live")["deliveries_per_s"])
+        add("metrics_cost", round(100 * (1 - rows["live"][-1] / off), 1))
     if "throughput" in args.only:
         add("drain", throughput(args, "--mode", "drain")["deliveries_per_s"])
     if "overhead" in args.only:
@@ -252,6 +262,8 @@ def table(args, m: dict, pm: dict) -> list[tuple]:
     rows = [
         ("live", "throughput, live (deliveries/s)", pm.get("live"), ratio, live_target, live_ok),
         ("drain", "throughput, drain backlog (deliveries/s)", None, None, "(reported)", None),
+        ("metrics_off", "throughput, live, metrics off (deliveries/s)", None, None, "(reported)", None),
+        ("metrics_cost", "metrics: live throughput they cost (%)", None, None, "< 5", below("metrics_cost", 5)),
         ("over_med", "emission overhead p50 (ms)", pm.get("over_med"), None, "<= 1", at_most("over_med", 1)),
         ("over_p99", "emission overhead p99 (ms)", pm.get("over_p99"), None, "<= 2", at_most("over_p99", 2)),
         ("lat_p50", f"latency at {args.rate:g} ev/s p50 (ms)", None, None, "<= 50", at_most("lat_p50", 50)),

@@ -20,6 +20,9 @@ from webhooks.catalog import EVENT_TYPES
 from .models import Attempt, Delivery, DeliveryStatus, Event
 from .recovery import NotRetryable, retry_delivery
 
+# The index page with a link to the statistics charts (/admin/stats/, deliveries/dashboard.py) on top.
+admin.site.index_template = "admin/deliveries/index.html"
+
 STATUS_COLOURS = {
     DeliveryStatus.SUCCEEDED: "#2e7d32",
     DeliveryStatus.PENDING: "#b26a00",

@@ -1,4 +1,5 @@
-"""REST API for the delivery log: events, deliveries with their attempts, manual retry."""
+"""REST API for the delivery log: events, deliveries with their attempts, manual retry, and the
+service-wide statistics (staff only)."""
 
 import datetime
 
@@ -6,14 +7,15 @@ import django_filters
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import filters, status, viewsets
+from rest_framework import filters, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from agents_hooks.auth import OrganizationScoped
 from webhooks_project.schema import ERROR_BODY
 
-from . import recovery
+from . import recovery, stats
 from . import serializers as s
 from .models import Delivery, DeliveryKind, DeliveryStatus, Event
 
@@ -110,3 +112,24 @@ class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
         except recovery.NotRetryable as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(s.DeliveryDetailSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+class IsStaffUser(permissions.IsAdminUser):
+    message = (
+        "Service-wide statistics are for staff users (log in to the admin). An API key sees its own "
+        "endpoints' at /api/v1/webhooks/<id>/stats/."
+    )
+
+
+class StatsView(APIView):
+    permission_classes = [IsStaffUser]
+
+    @extend_schema(parameters=[s.ServiceStatsQuerySerializer], responses={200: s.StatsSerializer})
+    def get(self, request):
+        """Volume, success rate, attempt duration, event-to-success latency, outcome classes and
+        retries of the whole service (or one `organization`) over `window`, with a time series.
+        Staff users only: API keys are refused (403)."""
+        query = s.ServiceStatsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        window, organization = query.validated_data["window"], query.validated_data.get("organization")
+        return Response(s.StatsSerializer(stats.window_stats(window, organization=organization)).data)

@@ -21,6 +21,7 @@ this loop keeps delivering.
 
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -28,6 +29,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from . import fanout, pipeline, recovery, store
+from .models import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class DueLoop:
         self.stopping = threading.Event()
         self.idle = threading.Event()  # set between batches: a shutdown need not wait
         self.released_at = 0.0
+        self.heartbeat_name = f"worker:{socket.gethostname()}:{os.getpid()}"
+        self.heartbeat_at: float | None = None
         self.thread = threading.Thread(target=self._run, name="webhooks-due", daemon=True)
 
     def _run(self) -> None:
@@ -103,6 +107,7 @@ class DueLoop:
                 if failures:
                     logger.warning("due loop: working again after %d failed tries", failures)
                 failures = 0
+                self._heartbeat()
             finally:
                 self.idle.set()
             if busy or self.stopping.is_set():
@@ -131,6 +136,20 @@ class DueLoop:
             if recovery.release_held():
                 return True
         return False
+
+    def _heartbeat(self) -> None:
+        """Say this process's loop works (a row the readiness probe reads): written after a
+        pass that succeeded, at most every WEBHOOK_HEARTBEAT_INTERVAL seconds, so it costs one
+        small UPSERT per interval. Never raises: a failed write leaves the row to age, which
+        is what the probe is for."""
+        now = time.monotonic()
+        if self.heartbeat_at is not None and now - self.heartbeat_at < settings.WEBHOOK_HEARTBEAT_INTERVAL:
+            return
+        first, self.heartbeat_at = self.heartbeat_at is None, now
+        try:
+            Heartbeat.record(self.heartbeat_name, prune=first)
+        except Exception as exc:
+            logger.warning("due loop: could not write its heartbeat: %s", exc)
 
     def _sleep(self) -> None:
         until = time.time() + settings.WEBHOOK_DUE_POLL_INTERVAL

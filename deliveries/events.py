@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from . import enqueue, fanout
+from . import enqueue, fanout, metrics
 from .models import Delivery, DeliveryKind, Event
 
 logger = logging.getLogger(__name__)
@@ -101,8 +101,13 @@ def publish(
     except Exception:
         logger.exception("could not record event %s", event_type)
         return None
-    transaction.on_commit(lambda: enqueue.submit_events([event.pk]))
+    transaction.on_commit(lambda: _committed(event))
     return event
+
+
+def _committed(event: Event) -> None:
+    metrics.event_published(event.type)
+    enqueue.submit_events([event.pk])
 
 
 def _insert(event: Event) -> bool:

@@ -1,10 +1,12 @@
 """The delivery log: one Event per thing that happened, one Delivery per place it must go,
 one Attempt per POST made (Saleor's EventDelivery / EventDeliveryAttempt shape)."""
 
+import datetime
 import os
 import time
 
 from django.db import models
+from django.utils import timezone
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -140,3 +142,27 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of delivery {self.delivery_id}"
+
+
+class Heartbeat(models.Model):
+    """The last sign of life of each worker process (`worker:<host>:<pid>`, written by its due
+    loop) and of beat (`beat`), read by the readiness probe (webhooks_project/probes.py).
+
+    In the database because that is what every process shares, whichever the broker is."""
+
+    name = models.CharField(primary_key=True, max_length=200)
+    at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @classmethod
+    def record(cls, name: str, *, prune: bool = False) -> None:
+        """Say `name` is alive now: one INSERT ... ON CONFLICT DO UPDATE. `prune` also deletes
+        rows silent for a day (processes long gone; each process prunes once, on its first)."""
+        now = timezone.now()
+        cls.objects.bulk_create(
+            [cls(name=name, at=now)], update_conflicts=True, unique_fields=["name"], update_fields=["at"]
+        )
+        if prune:
+            cls.objects.filter(at__lt=now - datetime.timedelta(days=1)).delete()

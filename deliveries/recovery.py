@@ -1,5 +1,5 @@
 """What operators do to deliveries, and the housekeeping: retry now, recover an endpoint's
-failures, resume a disabled endpoint, release held deliveries, forget old attempts.
+failures, disable an endpoint and resume it, release held deliveries, forget old attempts.
 
 The admin actions, the API and the CLI call these functions; none of them sends anything
 itself. They make deliveries due (`next_attempt_at` now) and hand the ids to the broker for
@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from webhooks.models import Endpoint
 
-from . import enqueue
+from . import enqueue, operational
 from .models import Attempt, Delivery, DeliveryStatus
 from .store import lease_is_free
 
@@ -89,12 +89,27 @@ def recover_endpoint(endpoint, since: datetime.datetime) -> int:
     return _restart(rows)
 
 
+def disable_endpoints(endpoints, reason: str) -> int:
+    """Disable those of `endpoints` (a queryset) that are active, recording why, and report
+    each (`endpoint.disabled`); return how many. Their deliveries are held from now on."""
+    with transaction.atomic():
+        disabled = endpoints.disable(reason)
+        for endpoint in disabled:
+            operational.endpoint_disabled(endpoint)
+    return len(disabled)
+
+
 def resume_endpoint(endpoint) -> int:
-    """Re-enable an endpoint and send the deliveries held while it was disabled, oldest first."""
-    Endpoint.objects.filter(pk=endpoint.pk).enable()
-    endpoint.refresh_from_db()
-    held = Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
-    return _restart(held.order_by("created_at", "pk"))
+    """Re-enable an endpoint and send the deliveries held while it was disabled, oldest first;
+    return how many. Reported (`endpoint.enabled`) if it was disabled."""
+    with transaction.atomic():
+        enabled = Endpoint.objects.filter(pk=endpoint.pk).enable()
+        endpoint.refresh_from_db()
+        held = Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+        released = _restart(held.order_by("created_at", "pk"))
+        if enabled:
+            operational.endpoint_enabled(endpoint, released)
+    return released
 
 
 def release_held() -> int:

@@ -11,6 +11,7 @@ one UPDATE of the deliveries (whatever their outcomes), and the endpoints' healt
 attempt's time comes from `policy`; it is written as `next_attempt_at`, the one schedule.
 """
 
+import collections
 import datetime
 import logging
 import uuid
@@ -23,9 +24,9 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from webhooks import health
-from webhooks.models import Endpoint, redact_headers
+from webhooks.models import Endpoint, redact_headers, redact_url
 
-from . import policy, signals
+from . import metrics, policy, signals
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus, Event
 
 logger = logging.getLogger(__name__)
@@ -194,7 +195,8 @@ def give_back(deliveries: list[Delivery], next_attempt_at, *, slot_reserved: boo
 
 def record(jobs: list) -> list[Outcome]:
     """Write the attempts of finished jobs (lanes.Job: delivery, request, started, response)
-    and each delivery's new state, in one transaction; return the outcomes."""
+    and each delivery's new state, in one transaction (in which `signals.outcomes_recorded`
+    hears what they changed); return the outcomes."""
     if not jobs:
         return []
     now = timezone.now()
@@ -227,16 +229,20 @@ def record(jobs: list) -> list[Outcome]:
         _log(delivery, request, response, outcome)
     endpoints = {d.endpoint_id: d.endpoint for d in deliveries if d.kind == DeliveryKind.ENDPOINT}
     succeeded = {d.endpoint_id for d in deliveries if d.endpoint_id in endpoints and d.status == "succeeded"}
-    failed = {d.endpoint_id for d in deliveries if d.endpoint_id in endpoints and d.status != "succeeded"}
+    failed = collections.Counter(
+        d.endpoint_id for d in deliveries if d.endpoint_id in endpoints and d.status != "succeeded"
+    )
     for last_try in (False, True):
         try:
             with transaction.atomic():  # one commit for the whole batch's log
                 relaxed_commit()
                 _insert_attempts(attempts)
                 _save_outcomes(deliveries, leases)
-                disabled = health.record_attempts(succeeded, failed, now, list(endpoints.values()))
+                changes = health.record_attempts(succeeded, failed, now, list(endpoints.values()))
+                disabled = [e.pk for e in changes.disabled]
                 if gone_endpoints:
-                    health.mark_gone(gone_endpoints, now)
+                    changes.disabled += health.mark_gone(gone_endpoints, now)
+                signals.outcomes_recorded.send(sender=Delivery, deliveries=deliveries, changes=changes)
             break
         except (OperationalError, InterfaceError):
             # The connection died while the POSTs were out (database restarted, connections
@@ -248,6 +254,7 @@ def record(jobs: list) -> list[Outcome]:
             connection.close()
     for delivery in deliveries:
         delivery.lease = delivery.locked_until = None
+    metrics.attempts_recorded(jobs, outcomes)
     if gone_endpoints:
         logger.warning("endpoints %s answered 410 Gone: disabled", sorted(gone_endpoints))
     if disabled:
@@ -378,17 +385,10 @@ def relax_session(sender, connection, **kwargs) -> None:
 
 def _log(delivery: Delivery, request, response, outcome: Outcome) -> None:
     what = response.status_code if response.status_code is not None else response.error
-    url = _without_query(request.url)
+    url = redact_url(request.url)
     if outcome.status == DeliveryStatus.SUCCEEDED:
         logger.info("delivery %s to %s: %s in %d ms", delivery.pk, url, what, response.duration_ms)
     elif outcome.status == DeliveryStatus.PENDING:  # expected, and in the attempt log: not a warning
         logger.info("delivery %s to %s: %s, retry in %s", delivery.pk, url, what, policy.format_seconds(outcome.delay))
     else:
         logger.warning("delivery %s to %s: %s, %s", delivery.pk, url, what, outcome.status)
-
-
-def _without_query(url: str) -> str:
-    """A URL fit for the log: receivers put tokens in query strings, and logs travel further
-    than the attempt log (which keeps the URL whole, for the endpoint's owner)."""
-    base, sep, _ = url.partition("?")
-    return f"{base}?[redacted]" if sep else base

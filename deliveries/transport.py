@@ -48,6 +48,22 @@ MAX_HEADER_BYTES = 64 * 1024
 IDLE_SECONDS = 30.0  # close pooled connections idle longer than this (receivers close sooner)
 
 
+OUTCOME_CLASSES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection_error", "refused")
+
+
+def outcome_class(status_code: int | None, error: str) -> str:
+    """An attempt's outcome in one of OUTCOME_CLASSES: the status class, or why no answer
+    came. It reads only what the attempt log keeps (status code, error text as written by
+    `_post`), so metrics, stats and charts classify alike."""
+    if status_code is not None:
+        return f"{min(max(status_code // 100, 2), 5)}xx"  # a stray 1xx or 6xx counts with its neighbour
+    if error.startswith("timeout"):
+        return "timeout"
+    if error.startswith("refused"):
+        return "refused"
+    return "connection_error"
+
+
 @dataclass(slots=True)
 class Response:
     status_code: int | None  # None when no HTTP answer came (timeout, refused, reset, refused URL)

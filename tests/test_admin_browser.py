@@ -1,21 +1,24 @@
 """The admin in a real browser, as a person uses it: log in, tick an endpoint, choose "Send
 test event", click Go, read the answer; screenshots of the endpoint list and the delivery page
-are kept for a human to look at.
+are kept for a human to look at. And the statistics pages: a week of traffic, as charts.
 
 Headless Chromium with the Debian packages (`apt-get install chromium chromium-driver`): no
 browser is downloaded. Without them the test is skipped, unless CI is set: then it fails.
-Screenshots (endpoint list, delivery page, delivery list, endpoint form) go to
-$ADMIN_SCREENSHOTS_DIR, by default var/screenshots/.
+Screenshots (endpoint list, delivery page, delivery list, endpoint form, statistics of the
+service and of an endpoint) go to $ADMIN_SCREENSHOTS_DIR, by default var/screenshots/.
 """
 
+import datetime
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
-from deliveries.models import Delivery
+from deliveries.models import Attempt, Delivery, Event
 from tests.support import ROOT, wait_until
 
 # The Debian packages' paths; CHROMIUM_BIN / CHROMEDRIVER_BIN point elsewhere.
@@ -79,8 +82,10 @@ def screenshots() -> Path:
 
 def save_page(driver, path: Path) -> None:
     """A screenshot of the whole page, not only the window."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(WIDTH, max(900, height + 20))
+    height, chrome = driver.execute_script(
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]"
+    )
+    driver.set_window_size(WIDTH, max(900, height + chrome + 20))  # the window's own bars are not page
     driver.save_screenshot(str(path))
     driver.set_window_size(WIDTH, 900)
 
@@ -135,3 +140,99 @@ def test_send_test_event_from_the_endpoint_list(
     wait.until(ec.presence_of_element_located((By.ID, "endpoint_form")))
     assert "whsec_" not in browser.page_source  # the secret is never shown on the form
     save_page(browser, screenshots / "endpoint-change.png")
+
+
+def a_week_of_traffic(endpoint, now: datetime.datetime) -> int:
+    """About a week of logged deliveries to `endpoint`, ending at `now`, busier in working hours:
+    mostly quick 200s, an outage two days ago (a 503, a timeout, then a retry that succeeds), a
+    few 400s and connection errors. Returns the number of attempts."""
+    rng = random.Random(20261201)
+    plans = []
+    for hour in range(7 * 24 + 5):
+        outage = 48 <= hour < 54
+        busy = 9 <= (now - datetime.timedelta(hours=hour)).hour <= 17
+        for _ in range(rng.randint(4, 12) + (20 if busy else 0)):
+            created = now - datetime.timedelta(hours=hour, seconds=rng.uniform(0, 3600))
+            roll = rng.random()
+            if outage:
+                answers = [(503, rng.randint(5, 40), ""), (None, 5000, "timeout after 5s"), (200, 45, "")]
+            elif roll < 0.04:
+                answers = [(400, rng.randint(5, 30), "")]
+            elif roll < 0.07:
+                error = "ConnectionRefusedError: [Errno 111] Connection refused"
+                answers = [(None, rng.randint(1, 5), error), (200, rng.randint(20, 80), "")]
+            else:
+                answers = [(200, int(rng.lognormvariate(3.4, 0.6)), "")]
+            plans.append((created, answers, "failed" if answers[-1][0] == 400 else "succeeded"))
+    events = Event.objects.bulk_create(
+        Event(
+            type="agent.step.completed",
+            organization_id=endpoint.organization_id,
+            body="{}",
+            created_at=c,
+            fanned_out_at=c,  # else a worker's due loop takes them up as stranded, and delivers them now
+        )
+        for c, _, _ in plans
+    )
+    deliveries = Delivery.objects.bulk_create(
+        Delivery(
+            event=event, endpoint=endpoint, status=status, attempt_count=len(answers), created_at=created,
+            last_attempt_at=created + datetime.timedelta(seconds=len(answers) - 1), last_status_code=answers[-1][0],
+            finished_at=created + datetime.timedelta(seconds=len(answers) - 1, milliseconds=answers[-1][1] + 20),
+        )
+        for event, (created, answers, status) in zip(events, plans, strict=True)
+    )  # fmt: skip
+    attempts = Attempt.objects.bulk_create(
+        Attempt(
+            delivery=delivery, number=n, started_at=created + datetime.timedelta(seconds=n - 1), url=endpoint.url,
+            status_code=code, duration_ms=duration, error=error,
+        )
+        for delivery, (created, answers, _) in zip(deliveries, plans, strict=True)
+        for n, (code, duration, error) in enumerate(answers, 1)
+    )  # fmt: skip
+    return len(attempts)
+
+
+def test_statistics_pages_draw_their_charts(live_server, browser, screenshots, django_user_model, make_endpoint):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    endpoint = make_endpoint(description="billing receiver")
+    a_week_of_traffic(endpoint, timezone.now())
+    wait = WebDriverWait(browser, 20)
+
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys("ops")
+    browser.find_element(By.NAME, "password").send_keys("correct horse battery")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    link = "Deliveries: volume, success rate, latency and errors"
+    wait.until(ec.element_to_be_clickable((By.LINK_TEXT, link))).click()  # on the admin's index
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "svg.chart")))
+    assert_charts_drawn(browser)
+    save_page(browser, screenshots / "stats-service.png")
+
+    browser.get(f"{live_server.url}/admin/webhooks/endpoint/")
+    wait.until(ec.presence_of_element_located((By.ID, "result_list")))
+    browser.find_element(By.LINK_TEXT, "charts").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "svg.chart")))
+    assert f"Statistics of {endpoint.url}" in browser.find_element(By.TAG_NAME, "h1").text
+    assert_charts_drawn(browser)
+    save_page(browser, screenshots / "stats-endpoint.png")
+
+
+def assert_charts_drawn(browser) -> None:
+    """Eight charts (four per window) on screen at a readable size, each with something drawn
+    in it, and the headline figures filled in."""
+    from selenium.webdriver.common.by import By
+
+    charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 8
+    for chart in charts:
+        assert chart.is_displayed() and chart.size["width"] > 400 and chart.size["height"] > 120, chart.size
+        assert chart.find_elements(By.CSS_SELECTOR, "rect[fill^='#'], polyline, circle")
+    ok_bars = browser.find_elements(By.CSS_SELECTOR, "#window-24h svg.chart rect[fill='#2e7d32']")
+    assert len(ok_bars) >= 24 and all(bar.size["height"] > 0 for bar in ok_bars)
+    tiles = browser.find_element(By.CSS_SELECTOR, "#window-7d .stats-tiles").text
+    assert "Attempts" in tiles and " ms" in tiles and "—" not in tiles

@@ -36,9 +36,18 @@ def healthy(port: int) -> bool:
         return False
 
 
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
 def test_runall_on_embedded_defaults_delivers_and_stops_on_ctrl_c(receiver, tmp_path):
     receiver.reset()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "CELERY_", "WEBHOOK", "DJANGO_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "CELERY_", "WEBHOOK", "DJANGO_", "PROMETHEUS_"))
+    }
     env.update(DJANGO_SETTINGS_MODULE="webhooks_project.settings", WEBHOOKS_VAR_DIR=str(tmp_path))
     port = free_port()
     log = open(tmp_path / "runall.log", "wb")
@@ -56,6 +65,10 @@ def test_runall_on_embedded_defaults_delivers_and_stops_on_ctrl_c(receiver, tmp_
         )  # fmt: skip
         (request,) = receiver.wait_for(1, path="/embedded", timeout=60)
         assert request.headers["X-Letta-Event-Type"] == "agent.step.completed"
+        # The worker's counters reach the web's /metrics (one multiprocess directory).
+        wait_until(
+            lambda: 'webhooks_attempts_total{outcome="2xx"} 1.0' in metrics(port), message="the attempt in /metrics"
+        )
         assert (tmp_path / "db.sqlite3").exists()
     finally:
         os.killpg(stack.pid, signal.SIGINT)  # what Ctrl-C in the terminal does

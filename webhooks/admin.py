@@ -13,20 +13,22 @@ from urllib.parse import urlencode
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.widgets import AdminURLFieldWidget
+from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.template.defaultfilters import pluralize
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from rest_framework import serializers as drf
 
-from deliveries import policy
+from deliveries import dashboard, policy
 from deliveries.admin import status_badge
 from deliveries.events import send_test
 from deliveries.models import Attempt, Delivery
-from deliveries.recovery import recover_endpoint, resume_endpoint, retry_pending
+from deliveries.recovery import disable_endpoints, recover_endpoint, resume_endpoint, retry_pending
 from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
 
 from . import catalog, urlsafety
@@ -131,7 +133,7 @@ class ScopeFilter(admin.SimpleListFilter):
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
     form = EndpointForm
-    list_display = ["url", "description", "organization", "scope", "active", "last_delivery", "success_24h"]
+    list_display = ["url", "description", "organization", "scope", "active", "last_delivery", "success_24h", "charts"]
     list_select_related = ["organization", "agent"]
     list_filter = ["is_active", ScopeFilter, "organization"]
     search_fields = ["url", "description", "=id", "agent__name"]
@@ -147,6 +149,7 @@ class EndpointAdmin(admin.ModelAdmin):
         "disabled_at",
         "disabled_reason",
         "failing_since",
+        "consecutive_failures",
         "last_delivery",
         "success_24h",
         "secret_status",
@@ -169,7 +172,19 @@ class EndpointAdmin(admin.ModelAdmin):
             return [(None, {"fields": ["organization", *editable]})]
         return [
             (None, {"fields": ["id", "organization", *editable]}),
-            ("Health", {"fields": ["last_delivery", "success_24h", "disabled_at", "disabled_reason", "failing_since"]}),
+            (
+                "Health",
+                {
+                    "fields": [
+                        "last_delivery",
+                        "success_24h",
+                        "disabled_at",
+                        "disabled_reason",
+                        "failing_since",
+                        "consecutive_failures",
+                    ]
+                },
+            ),
             ("Signing", {"fields": ["secret_status", "created_at", "updated_at"]}),
         ]
 
@@ -201,6 +216,23 @@ class EndpointAdmin(admin.ModelAdmin):
         url = reverse("admin:deliveries_delivery_changelist") + "?" + urlencode({"endpoint__id__exact": obj.pk})
         return format_html('<a href="{}">{}</a>', url, f"{rate:.0%} of {obj.deliveries_24h}")
 
+    @admin.display(description="statistics")
+    def charts(self, obj) -> str:
+        return format_html('<a href="{}">charts</a>', reverse("admin:webhooks_endpoint_stats", args=[quote(obj.pk)]))
+
+    def get_urls(self):
+        stats = self.admin_site.admin_view(self.stats_view)
+        return [path("<path:object_id>/stats/", stats, name="webhooks_endpoint_stats"), *super().get_urls()]
+
+    def stats_view(self, request, object_id):
+        """The endpoint's charts over the last 24 hours and 7 days (deliveries/dashboard.py)."""
+        endpoint = self.get_object(request, unquote(object_id))
+        if endpoint is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, endpoint):
+            raise PermissionDenied
+        return dashboard.endpoint_page(request, endpoint, self.admin_site.each_context(request))
+
     @admin.display(description="secret")
     def secret_status(self, obj) -> str:
         if obj.previous_secret_expires_at and obj.previous_secret_expires_at > timezone.now():
@@ -208,11 +240,17 @@ class EndpointAdmin(admin.ModelAdmin):
         return "Set. It is shown once, when rotated (action “Rotate secret”); it is never displayed here."
 
     def save_model(self, request, obj, form, change):
-        resuming = change and "is_active" in form.changed_data and obj.is_active
+        # Switching it on or off is the services' to do (they record why, hold or release the
+        # deliveries, and report it); the form saves the rest.
+        switch_on = switch_off = False
+        if change and "is_active" in form.changed_data:
+            switch_on, switch_off = obj.is_active, not obj.is_active
+            obj.is_active = not obj.is_active
         super().save_model(request, obj, form, change)
-        if change and "is_active" in form.changed_data and not obj.is_active:
-            Endpoint.objects.filter(pk=obj.pk).disable(f"disabled by {request.user.get_username()}")
-        if resuming:
+        if switch_off:
+            disable_endpoints(Endpoint.objects.filter(pk=obj.pk), f"disabled by {request.user.get_username()}")
+            obj.refresh_from_db()
+        if switch_on:
             held = resume_endpoint(obj)
             if held:
                 self.message_user(request, f"Enabled; {held} held deliveries are being sent.", messages.INFO)
@@ -255,7 +293,7 @@ class EndpointAdmin(admin.ModelAdmin):
     @admin.action(description="Disable selected endpoints", permissions=["change"])
     def disable(self, request, queryset):
         reason = f"disabled by {request.user.get_username()}"
-        count = self._selected(queryset).filter(is_active=True).disable(reason)
+        count = disable_endpoints(self._selected(queryset), reason)
         self.message_user(
             request, f"Disabled {count} endpoint(s). New deliveries are held until they are enabled again."
         )

@@ -1,5 +1,5 @@
-"""REST API for endpoints ("webhooks"): CRUD, secret rotation, test-send, recovery, and the
-event type catalog."""
+"""REST API for endpoints ("webhooks"): CRUD, secret rotation, test-send, recovery, statistics,
+and the event type catalog."""
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,7 +11,14 @@ from rest_framework.views import APIView
 from agents_hooks.auth import HasOrganization, OrganizationScoped
 from deliveries import recovery, selectors
 from deliveries.events import send_test
-from deliveries.serializers import AttemptSerializer, DeliverySerializer, TestSendSerializer
+from deliveries.serializers import (
+    AttemptSerializer,
+    DeliverySerializer,
+    StatsQuerySerializer,
+    StatsSerializer,
+    TestSendSerializer,
+)
+from deliveries.stats import window_stats
 
 from . import catalog
 from . import serializers as s
@@ -86,6 +93,16 @@ class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
                 status=status.HTTP_409_CONFLICT,
             )
         return Response({"retried": recovery.retry_pending(endpoint)}, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(parameters=[StatsQuerySerializer], responses={200: StatsSerializer})
+    @action(detail=True, methods=["get"])
+    def stats(self, request, pk=None):
+        """Volume, success rate, attempt duration, event-to-success latency, outcome classes and
+        retries of this endpoint over `window`, with a time series for charts."""
+        endpoint = self.get_object()
+        query = StatsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(StatsSerializer(window_stats(query.validated_data["window"], endpoint=endpoint)).data)
 
 
 class EventTypesView(APIView):

@@ -50,7 +50,52 @@ EVENT_TYPES: dict[str, tuple[str, dict]] = {
         "Sent on request to one endpoint, to check it is reachable.",
         {"endpoint_id": "ep_…", "message": "Test event from agent-webhooks: your endpoint is reachable."},
     ),
+    # Operational events: about the service's own deliveries, for the people running it
+    # (deliveries/operational.py). Only endpoints whose filter names them receive them.
+    "endpoint.disabled": (
+        "An endpoint was disabled: by an operator, after answering 410 Gone, or after every attempt "
+        "failed for WEBHOOK_DISABLE_AFTER_HOURS. Its deliveries are held until it is enabled. Operational.",
+        {
+            "endpoint_id": "ep_5f0c…",
+            "url": "https://hooks.example.com/letta?[redacted]",
+            "reason": "every attempt failed for 120 hours",
+            "disabled_at": "2026-11-28T12:00:00.000000Z",
+        },
+    ),
+    "endpoint.enabled": (
+        "A disabled endpoint was enabled again; its held deliveries are being sent. Operational.",
+        {"endpoint_id": "ep_5f0c…", "url": "https://hooks.example.com/letta", "deliveries_released": 42},
+    ),
+    "endpoint.failing": (
+        "An endpoint's attempts failed WEBHOOK_FAILING_AFTER_FAILURES times in a row (at most one event "
+        "per endpoint per WEBHOOK_FAILING_WINDOW). Operational.",
+        {
+            "endpoint_id": "ep_5f0c…",
+            "url": "https://hooks.example.com/letta",
+            "consecutive_failures": 10,
+            "failing_since": "2026-11-28T11:42:10.000000Z",
+            "last_status_code": 503,
+            "last_error": "",
+        },
+    ),
+    "delivery.dead": (
+        "A delivery's attempts ran out: it is dead, and can be retried by hand. Never sent about a delivery "
+        "of an operational event. Operational.",
+        {
+            "delivery_id": 81234,
+            "event_id": "evt_01JDX7Q2M4N8P0R2S4T6V8W0Y2",
+            "event_type": "agent.step.completed",
+            "endpoint_id": "ep_5f0c…",
+            "attempts": 8,
+            "last_status_code": None,
+            "last_error": "connection refused",
+        },
+    ),
 }
+
+# Sent only to endpoints whose filter names them ("endpoint.*", "delivery.dead", "*"): an empty
+# filter means every agent event, not these (Endpoint.receives).
+OPERATIONAL_EVENT_TYPES = frozenset({"endpoint.disabled", "endpoint.enabled", "endpoint.failing", "delivery.dead"})
 
 
 def unknown_patterns(patterns: list[str]) -> list[str]:

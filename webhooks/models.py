@@ -7,10 +7,10 @@ import secrets
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
-from . import crypto, signing
+from . import catalog, crypto, signing
 
 # Headers the service sets on every POST; an endpoint's custom headers may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -50,6 +50,14 @@ def _is_secret(name: str) -> bool:
     return lowered not in SIGNATURE_HEADERS and any(w in lowered for w in SENSITIVE_HEADER_WORDS)
 
 
+def redact_url(url: str) -> str:
+    """A URL as it may be shown beyond the endpoint's owner (logs, operational events):
+    receivers put tokens in query strings, so the query becomes `?[redacted]`. (The attempt
+    log, which only the owner sees, keeps the URL whole.)"""
+    base, sep, _ = url.partition("?")
+    return f"{base}?[redacted]" if sep else base
+
+
 MAX_RATE_LIMIT = 100_000  # deliveries per second
 
 
@@ -62,14 +70,34 @@ def new_encrypted_secret() -> str:
 
 
 class EndpointQuerySet(models.QuerySet):
-    def disable(self, reason: str, now: datetime.datetime | None = None) -> int:
-        """Disable these endpoints, recording when and why (the one place that does)."""
+    def disable(self, reason: str, now: datetime.datetime | None = None) -> list["Endpoint"]:
+        """Disable those of these endpoints that are active, recording when and why (the one
+        place that does); return them, as disabled. Their rows are locked first (in key order),
+        so of two concurrent disables of an endpoint only one returns it: each disable is
+        reported once (`endpoint.disabled`, deliveries/operational.py)."""
         now = now or timezone.now()
-        return self.update(is_active=False, disabled_at=now, disabled_reason=reason, updated_at=now)
+        changes = {"is_active": False, "disabled_at": now, "disabled_reason": reason, "updated_at": now}
+        return self._switch({"is_active": True}, changes)
 
-    def enable(self) -> int:
-        """Enable these endpoints with a clean health record (deliveries: recovery.resume_endpoint)."""
-        return self.update(is_active=True, disabled_at=None, disabled_reason="", failing_since=None)
+    def enable(self) -> list["Endpoint"]:
+        """Enable those of these endpoints that are disabled, with a clean health record; return
+        them, locked and reported as `disable` does. (Their held deliveries: recovery.resume_endpoint.)"""
+        changes = {
+            "is_active": True, "disabled_at": None, "disabled_reason": "", "failing_since": None,
+            "consecutive_failures": 0, "updated_at": timezone.now(),
+        }  # fmt: skip
+        return self._switch({"is_active": False}, changes)
+
+    def _switch(self, where: dict, changes: dict) -> list["Endpoint"]:
+        """Apply `changes` to those of these endpoints that match `where`; return them, changed."""
+        with transaction.atomic(savepoint=False):
+            endpoints = list(self.filter(**where).select_for_update().order_by("pk"))
+            if endpoints:
+                self.model.objects.filter(pk__in=[e.pk for e in endpoints]).update(**changes)
+        for endpoint in endpoints:
+            for name, value in changes.items():
+                setattr(endpoint, name, value)
+        return endpoints
 
 
 class Endpoint(models.Model):
@@ -95,6 +123,9 @@ class Endpoint(models.Model):
     disabled_reason = models.CharField(max_length=500, blank=True, default="")
     # Start of the current run of failed attempts (None after a success): auto-disable clock.
     failing_since = models.DateTimeField(null=True, blank=True)
+    # Attempts failed in a row (0 after a success): `endpoint.failing` when it crosses
+    # WEBHOOK_FAILING_AFTER_FAILURES (webhooks/health.py).
+    consecutive_failures = models.PositiveIntegerField(default=0)
     # Secrets are stored encrypted (webhooks/crypto.py); use `.secret` to read or set one.
     secret_encrypted = models.TextField(default=new_encrypted_secret, editable=False)
     previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
@@ -157,8 +188,15 @@ class Endpoint(models.Model):
         return {k: v for k, v in (self.headers or {}).items() if k.lower() not in RESERVED_HEADERS}
 
     def receives(self, event_type: str, agent_id: str | None) -> bool:
-        """Whether this endpoint's scope and filter take an event of this type from this agent."""
+        """Whether this endpoint's scope and filter take an event of this type from this agent.
+
+        An empty filter takes every agent event but no operational one (`endpoint.*`,
+        `delivery.dead`): those are for the people running the service, and go only where a
+        pattern names them ("endpoint.*", "delivery.dead", "*"), as Svix does. They concern
+        the organization, not an agent: an endpoint scoped to one agent never gets them."""
         if self.agent_id is not None and self.agent_id != agent_id:
             return False
         patterns = self.event_types or ()
-        return not patterns or any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
+        if not patterns:
+            return event_type not in catalog.OPERATIONAL_EVENT_TYPES
+        return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)

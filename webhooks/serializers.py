@@ -91,12 +91,14 @@ class EndpointSerializer(serializers.ModelSerializer):
         return data
 
     def update(self, instance, validated_data):
-        was_active = instance.is_active
+        # Switching is the services' to do: they record why, hold or release the deliveries,
+        # and report it (`endpoint.disabled` / `endpoint.enabled`).
+        wanted = validated_data.pop("is_active", instance.is_active)
         endpoint = super().update(instance, validated_data)
-        if was_active and not endpoint.is_active:
-            Endpoint.objects.filter(pk=endpoint.pk).disable("disabled through the API")
+        if endpoint.is_active and not wanted:
+            recovery.disable_endpoints(Endpoint.objects.filter(pk=endpoint.pk), "disabled through the API")
             endpoint.refresh_from_db()
-        if endpoint.is_active and not was_active:
+        if wanted and not endpoint.is_active:
             recovery.resume_endpoint(endpoint)
             endpoint.refresh_from_db()
         return endpoint

@@ -24,8 +24,14 @@ app.autodiscover_tasks()
 
 @worker_ready.connect
 def _mark_ready(**kwargs) -> None:
-    """Readiness probe: with CELERY_READY_FILE set, the worker touches that file once it
-    consumes (orchestrators and the benchmark wait for it)."""
+    """Once the worker consumes: its metrics exporter starts (WEBHOOK_METRICS_PORT), and with
+    CELERY_READY_FILE set it touches that file (orchestrators and the benchmark wait for it)."""
+    from django.conf import settings
+
+    if settings.WEBHOOK_METRICS_PORT:
+        from webhooks_project import monitoring
+
+        monitoring.start_worker_exporter(settings.WEBHOOK_METRICS_PORT)
     path = os.environ.get("CELERY_READY_FILE")
     if path:
         Path(path).touch()

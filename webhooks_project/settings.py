@@ -9,6 +9,7 @@ A variable that cannot be parsed stops start-up with ImproperlyConfigured naming
 than a bare ValueError from deep inside a cast.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -241,8 +242,26 @@ WEBHOOK_BACKLOG_AFTER = env_positive("WEBHOOK_BACKLOG_AFTER", "float", 0.0)
 # An endpoint whose every attempt has failed for this long is disabled (its deliveries are
 # held until it is enabled again). Svix uses 5 days.
 WEBHOOK_DISABLE_AFTER_HOURS = env_positive("WEBHOOK_DISABLE_AFTER_HOURS", "float", 120.0, minimum=0.001)
+# An endpoint whose attempts failed this many times in a row is reported failing (the
+# operational event `endpoint.failing`), at most once per endpoint in each FAILING_WINDOW
+# seconds of the clock (webhooks/health.py, deliveries/operational.py).
+WEBHOOK_FAILING_AFTER_FAILURES = env_positive("WEBHOOK_FAILING_AFTER_FAILURES", "int", 10, minimum=1)
+WEBHOOK_FAILING_WINDOW = env_positive("WEBHOOK_FAILING_WINDOW", "float", 3600.0, minimum=1)
 # Attempt rows older than this many days are purged daily; 0 keeps them forever.
 WEBHOOK_ATTEMPT_RETENTION_DAYS = env_positive("WEBHOOK_ATTEMPT_RETENTION_DAYS", "int", 30)
+# Health (webhooks_project/probes.py: GET /health/ready, `manage.py health`). Each worker
+# process's due loop, and beat, write a heartbeat row at most every HEARTBEAT_INTERVAL seconds;
+# ready wants a worker's and beat's at most READY_HEARTBEAT_MAX_AGE old, the oldest due delivery
+# at most READY_BACKLOG_MAX_AGE late, and the broker to answer within READY_BROKER_TIMEOUT.
+WEBHOOK_HEARTBEAT_INTERVAL = env_positive("WEBHOOK_HEARTBEAT_INTERVAL", "float", 10.0, minimum=0.1)
+WEBHOOK_READY_HEARTBEAT_MAX_AGE = env_positive("WEBHOOK_READY_HEARTBEAT_MAX_AGE", "float", 60.0, minimum=1)
+if WEBHOOK_READY_HEARTBEAT_MAX_AGE <= WEBHOOK_HEARTBEAT_INTERVAL + WEBHOOK_DUE_POLL_INTERVAL:
+    raise ImproperlyConfigured(
+        "WEBHOOK_READY_HEARTBEAT_MAX_AGE: must exceed WEBHOOK_HEARTBEAT_INTERVAL + WEBHOOK_DUE_POLL_INTERVAL"
+        f" ({WEBHOOK_HEARTBEAT_INTERVAL} + {WEBHOOK_DUE_POLL_INTERVAL}), or a healthy worker looks dead"
+    )
+WEBHOOK_READY_BACKLOG_MAX_AGE = env_positive("WEBHOOK_READY_BACKLOG_MAX_AGE", "float", 300.0, minimum=1)
+WEBHOOK_READY_BROKER_TIMEOUT = env_positive("WEBHOOK_READY_BROKER_TIMEOUT", "float", 2.0, minimum=0.1)
 
 # Fernet keys (comma-separated, newest first) encrypting endpoint secrets at rest; see
 # webhooks/crypto.py. Empty: a key derived from DJANGO_SECRET_KEY (development only).
@@ -284,6 +303,24 @@ WEBHOOK_HTTPS_ONLY = env("WEBHOOK_HTTPS_ONLY", "bool", False)
 STEP_COMPLETE_WEBHOOK = env("STEP_COMPLETE_WEBHOOK", "str", "")
 STEP_COMPLETE_KEY = env("STEP_COMPLETE_KEY", "str", "")
 STEP_COMPLETE_TIMEOUT = env_positive("STEP_COMPLETE_TIMEOUT", "float", 10.0, minimum=0.01)
+
+# --- Metrics (deliveries/metrics.py) ------------------------------------------------------
+# Prometheus counters are kept in files every process of a host writes (prometheus-client's
+# multiprocess mode), added up by GET /metrics. Processes that should count together share
+# the directory; empty it when they all restart (it is prometheus-client's own variable, read
+# when the library loads: settings set it before anything imports it).
+PROMETHEUS_MULTIPROC_DIR = Path(env("PROMETHEUS_MULTIPROC_DIR", "str", str(VAR_DIR / "metrics")))
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+# Off: nothing is counted (GET /metrics still serves the gauges read at scrape time).
+WEBHOOK_METRICS_ENABLED = env("WEBHOOK_METRICS_ENABLED", "bool", True)
+# One series per endpoint on webhooks_attempts_total: fine for tens of endpoints, not thousands.
+WEBHOOK_METRICS_ENDPOINT_LABELS = env("WEBHOOK_METRICS_ENDPOINT_LABELS", "bool", False)
+# A worker serves its host's counters on this port (0: not at all; a worker sharing the web's
+# PROMETHEUS_MULTIPROC_DIR is counted by the web's /metrics already).
+WEBHOOK_METRICS_PORT = env_positive("WEBHOOK_METRICS_PORT", "int", 0)
+# If set, GET /metrics asks for `Authorization: Bearer <token>`.
+WEBHOOK_METRICS_TOKEN = env("WEBHOOK_METRICS_TOKEN", "str", "")
 
 # --- Celery --------------------------------------------------------------------------------
 # The default broker is kombu's filesystem transport under var/broker: no server to install.
@@ -346,6 +383,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Celery's persistent scheduler, writing beat's heartbeat for the readiness probe.
+CELERY_BEAT_SCHEDULER = "webhooks_project.beat:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE = {
     "purge-old-attempts": {"task": "deliveries.tasks.purge_attempts", "schedule": 3600.0},
 }

@@ -1,13 +1,17 @@
 from django.contrib import admin
 from django.http import JsonResponse
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from agents_hooks import api as agents_api
 from deliveries import api as deliveries_api
+from deliveries import dashboard
 from webhooks import api as webhooks_api
+from webhooks_project import probes
+
+from . import monitoring
 
 
 def health(request):
@@ -38,9 +42,14 @@ router.register("events", deliveries_api.EventViewSet)
 router.register("deliveries", deliveries_api.DeliveryViewSet)
 
 urlpatterns = [
+    path("admin/stats/", admin.site.admin_view(dashboard.service_page), name="delivery-stats"),
     path("admin/", admin.site.urls),
     path("health/", health),
+    re_path(r"^health/live/?$", probes.live_view),  # probes: with or without the slash
+    re_path(r"^health/ready/?$", probes.ready_view),
+    path("metrics", monitoring.view),
     path("api/v1/event-types/", webhooks_api.EventTypesView.as_view(), name="event-types"),
+    path("api/v1/stats/", deliveries_api.StatsView.as_view(), name="stats"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -24,6 +24,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, addr, port, concurrency, **options):
         call_command("migrate", interactive=False, verbosity=0)
+        for stale in settings.PROMETHEUS_MULTIPROC_DIR.glob("*.db"):
+            stale.unlink()  # the three processes count from zero together (deliveries/metrics.py)
         celery = [sys.executable, "-m", "celery", "-A", "webhooks_project"]
         commands = {
             "web": [sys.executable, "manage.py", "runserver", "--noreload", f"{addr}:{port}"],
@@ -37,6 +39,7 @@ class Command(BaseCommand):
             self.style.SUCCESS("Webhook service running (Ctrl-C stops web, worker and beat):")
             + f"\n  admin     http://{addr}:{port}/admin/   (create a login: python manage.py createsuperuser)"
             + f"\n  health    http://{addr}:{port}/health/"
+            + f"\n  metrics   http://{addr}:{port}/metrics"
             + f"\n  database  {db['ENGINE'].rsplit('.', 1)[-1]} {db['NAME']}"
             + f"\n  broker    {settings.CELERY_BROKER_URL.split('@')[-1]}"
             + "\n  logs      this terminal: web requests, worker deliveries and retries, beat\n"
