@@ -4,13 +4,16 @@
 An event fires once, on the transition into a state. The receivers compare with the status
 loaded from the database (cheap, in-process); the event's `dedupe_key` makes it hold across
 processes too: two concurrent terminal updates of one run race on a unique index, one wins.
+
+`too_large_for_its_event` is what the API asks before it saves: the event an object would
+publish, measured as `publish` will record it.
 """
 
 import json
 
 from django.conf import settings
 
-from deliveries.events import Target, isoformat, publish
+from deliveries.events import Target, dumps, encoded_size, envelope_size, isoformat, publish
 from deliveries.models import DeliveryKind
 
 from .models import AgentTool, Job, Message, Run, Step, StepStatus, ToolExecution
@@ -35,17 +38,21 @@ def step_finished(step: Step) -> None:
         STEP_EVENT_TYPES[step.status],
         organization=step.agent.organization_id,
         agent=step.agent_id,
-        data={
-            "step_id": step.id,
-            "status": step.status,
-            "run_id": step.run_id,
-            "usage": step.usage,
-            "error": step.error or None,
-            "completed_at": isoformat(step.completed_at) if step.completed_at else None,
-        },
+        data=_step_data(step),
         dedupe_key=f"{step.id}:finished",
         targets=targets,
     )
+
+
+def _step_data(step: Step) -> dict:
+    return {
+        "step_id": step.id,
+        "status": step.status,
+        "run_id": step.run_id,
+        "usage": step.usage,
+        "error": step.error or None,
+        "completed_at": isoformat(step.completed_at) if step.completed_at else None,
+    }
 
 
 def run_finished(run: Run) -> None:
@@ -93,14 +100,13 @@ def message_sent(message: Message) -> None:
         "agent.message.sent",
         organization=message.agent.organization_id,
         agent=message.agent_id,
-        data={
-            "message_id": message.id,
-            "role": message.role,
-            "content": message.content,
-            "step_id": message.step_id,
-        },
+        data=_message_data(message),
         dedupe_key=f"{message.id}:sent",
     )
+
+
+def _message_data(message: Message) -> dict:
+    return {"message_id": message.id, "role": message.role, "content": message.content, "step_id": message.step_id}
 
 
 def tool_attachment_changed(attachment: AgentTool, attached: bool) -> None:
@@ -127,6 +133,50 @@ def tool_execution_finished(execution: ToolExecution) -> None:
         },
         dedupe_key=f"{execution.id}:finished",
     )
+
+
+# The objects whose event can grow past WEBHOOK_MAX_PAYLOAD_BYTES: the event each publishes
+# (when created, or when it finishes), how its data is built, and its one free-form field,
+# which is what makes it large and what a refusal names. (Tool events carry ids and names.)
+SIZED_EVENTS = {
+    Message: ("agent.message.sent", _message_data, "content"),
+    Step: ("agent.step.completed", _step_data, "error"),
+    Run: ("agent.run.completed", lambda run: _completion(run, "run_id"), "metadata"),
+    Job: ("agent.job.completed", lambda job: _completion(job, "job_id"), "metadata"),
+}
+# Everything in an envelope but that field (ids of at most 64 characters, a status, two times,
+# token counts) is well under this many bytes.
+ENVELOPE_REST_MAX = 2048
+# What an event measured before its object finished can still grow by when it does: a longer
+# status and event type, and `completed_at` set.
+GROWTH = 64
+
+
+def too_large_for_its_event(obj) -> tuple[str, str] | None:
+    """If the event `obj` publishes (when created, or when it finishes) would be too large to
+    send as `obj` stands, return the field to blame and why; else None.
+
+    The API asks before it saves, to refuse such a change (400 naming the field). A save by
+    code is never refused: its event is recorded without its data, and its endpoints'
+    deliveries fail saying why (deliveries.events.publish). Costs no query unless the field
+    comes within ENVELOPE_REST_MAX bytes of the limit."""
+    sized = SIZED_EVENTS.get(type(obj))
+    if sized is None:
+        return None
+    event_type, build, field = sized
+    if isinstance(obj, Step):
+        event_type = STEP_EVENT_TYPES.get(obj.status, event_type)
+    limit = settings.WEBHOOK_MAX_PAYLOAD_BYTES
+    try:
+        if encoded_size(dumps(getattr(obj, field))) + ENVELOPE_REST_MAX <= limit:
+            return None
+        organization = obj.organization_id if isinstance(obj, Job) else obj.agent.organization_id
+        size = envelope_size(event_type, organization=organization, agent=obj.agent_id, data=build(obj))
+    except Exception as exc:  # what publish could not record either (an integer over 64 bits)
+        return field, f"cannot be sent in a webhook event: {exc}"
+    if size + GROWTH <= limit:
+        return None
+    return field, f"too large for its {event_type} event: {size} bytes, over WEBHOOK_MAX_PAYLOAD_BYTES ({limit})"
 
 
 def record_callback_attempt(delivery, attempt) -> None:

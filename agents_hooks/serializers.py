@@ -1,11 +1,14 @@
 """API representations of the platform models; validation lives here (400s name the field)."""
 
+import copy
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from webhooks import urlsafety
 
+from .events import too_large_for_its_event
 from .models import Agent, Job, Message, Run, RunStatus, Step, StepStatus, Tool, ToolExecution, ToolExecutionStatus
 
 
@@ -72,6 +75,32 @@ def check_url(value: str) -> str:
     return value
 
 
+class SendableEvent:
+    """Refuses an object whose event could never be sent, being over WEBHOOK_MAX_PAYLOAD_BYTES
+    (a 400 naming the field that makes it so), rather than save it and have every endpoint's
+    delivery of its event fail. Checked on every write until the object's event is published:
+    a message when created, a step, run or job until it finishes. (Saves by code are not
+    refused: webhooks never break the agent; see deliveries.events.publish.)"""
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        instance = self.instance
+        if instance is not None and getattr(instance, "status", None) in getattr(instance, "TERMINAL", ()):
+            return attrs  # finished before this change: its event is published already
+        if instance is None:
+            obj = self.Meta.model(**attrs)
+            if "organization" in self.context and hasattr(obj, "organization_id") and not obj.organization_id:
+                obj.organization = self.context["organization"]  # as perform_create will
+        else:
+            obj = copy.copy(instance)
+            for name, value in attrs.items():
+                setattr(obj, name, value)
+        if problem := too_large_for_its_event(obj):
+            field, message = problem
+            raise serializers.ValidationError({field: [message]})
+        return attrs
+
+
 class AgentSerializer(serializers.ModelSerializer):
     tools = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
 
@@ -90,7 +119,7 @@ class AttachToolSerializer(serializers.Serializer):
     tool = OrganizationObject(Tool)
 
 
-class _CompletionSerializer(serializers.ModelSerializer):
+class _CompletionSerializer(SendableEvent, serializers.ModelSerializer):
     ORDER = (RunStatus.CREATED, RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
     callback_url = serializers.URLField(max_length=2048, required=False, allow_blank=True)
     metadata = serializers.DictField(required=False)
@@ -130,7 +159,7 @@ class JobSerializer(_CompletionSerializer):
         read_only_fields = COMPLETION_READ_ONLY
 
 
-class StepSerializer(serializers.ModelSerializer):
+class StepSerializer(SendableEvent, serializers.ModelSerializer):
     agent = OrganizationObject(Agent)
     run = OrganizationObject(Run, "agent__organization", required=False, allow_null=True)
     prompt_tokens = serializers.IntegerField(min_value=0, max_value=INT_MAX, required=False)
@@ -155,10 +184,10 @@ class StepSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError({"run": "the run belongs to another agent"})
         if self.instance is not None and "agent" in attrs and attrs["agent"].pk != self.instance.agent_id:
             raise serializers.ValidationError({"agent": "a step cannot move to another agent"})
-        return attrs
+        return super().validate(attrs)
 
 
-class MessageSerializer(serializers.ModelSerializer):
+class MessageSerializer(SendableEvent, serializers.ModelSerializer):
     agent = OrganizationObject(Agent)
     step = OrganizationObject(Step, "agent__organization", required=False, allow_null=True)
 

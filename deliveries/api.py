@@ -96,7 +96,7 @@ class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
             409: OpenApiResponse(
                 ERROR_BODY,
                 description="An attempt is being made right now, the endpoint is disabled (held), "
-                "or it succeeded and `force` was not given.",
+                "it succeeded and `force` was not given, or its event is too large to send.",
             ),
         },
     )

@@ -8,6 +8,13 @@ the broker only after that transaction commits; the worker then creates one Deli
 subscribed endpoint (`fanout`). So a rolled-back change publishes nothing, a committed one
 always has its event on record even if the broker is down (the due loop takes it from there),
 and the save itself pays for one INSERT.
+
+An event whose envelope is over WEBHOOK_MAX_PAYLOAD_BYTES is still recorded, never dropped:
+with a small stand-in for a body (the envelope with only the ids of its data, `"truncated":
+true` and the size it would have had) and `oversize_bytes` set. Its seed targets get their own
+bodies as usual; its endpoints are sent nothing, their deliveries are created `failed` with the
+reason (fanout.py). A failed delivery in the log, not a POST in a shape no receiver asked for:
+receivers that want thin envelopes will opt in to them, and then get this stand-in.
 """
 
 import dataclasses
@@ -20,7 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from . import enqueue, fanout, metrics
-from .models import Delivery, DeliveryKind, Event
+from .models import Delivery, DeliveryKind, Event, new_event_id
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +42,6 @@ class Target:
     body: dict
 
 
-class PayloadTooLarge(ValueError):
-    pass
-
-
 TYPE_MAX = Event._meta.get_field("type").max_length
 DEDUPE_KEY_MAX = Event._meta.get_field("dedupe_key").max_length
 
@@ -49,6 +52,57 @@ def isoformat(moment: datetime.datetime) -> str:
 
 def dumps(value) -> str:
     return orjson.dumps(value, default=str).decode()
+
+
+def encoded_size(text: str) -> int:
+    """Bytes of `text` in UTF-8; no copy for ASCII (str.isascii() reads a flag)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def envelope_size(event_type: str, *, organization, agent=None, data: dict) -> int:
+    """Bytes of the envelope `publish` would record for this event now, to compare with
+    WEBHOOK_MAX_PAYLOAD_BYTES before the change that publishes it is made (the API does:
+    agents_hooks/events.py). Ids and timestamps are of one length, so the size is exact."""
+    organization_id = getattr(organization, "pk", organization)
+    agent_id = getattr(agent, "pk", agent)
+    envelope = _envelope(new_event_id(), event_type, timezone.now(), agent_id, organization_id, data)
+    return encoded_size(dumps(envelope))
+
+
+def _envelope(event_id: str, event_type: str, moment, agent_id, organization_id, data) -> dict:
+    return {
+        "event_id": event_id,
+        "event_type": event_type,
+        "timestamp": isoformat(moment),
+        "agent_id": agent_id,
+        "organization_id": organization_id,
+        "data": data,
+    }
+
+
+STAND_IN_IDS = 20  # at most this many ids of the data are kept in an oversize event's stand-in
+ID_MAX = 200
+
+
+def _stand_in(envelope: dict, size: int) -> dict:
+    """What an oversize event records instead of its envelope: the envelope with only the ids
+    of its data (`step_id`, `run_id`, `message_id`...), by which the object it reports can
+    still be found and fetched, `"truncated": true` and the size the envelope had."""
+    data = envelope["data"]
+    ids = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if len(ids) == STAND_IN_IDS:
+                break
+            if isinstance(key, str) and key.endswith("_id") and _short(value):
+                ids[key] = value
+    return {**envelope, "data": ids, "truncated": True, "payload_bytes": size}
+
+
+def _short(value) -> bool:
+    if isinstance(value, str):
+        return len(value) <= ID_MAX
+    return value is None or (type(value) is int and abs(value) < 2**53)
 
 
 def publish(
@@ -64,7 +118,9 @@ def publish(
     """Record an event for delivery; return the Event, or None if nothing was recorded.
 
     Never raises and never blocks on the network: the caller's own work must not fail
-    because of webhooks (seed 000, "Common Behavior"). Failures are logged. With
+    because of webhooks (seed 000, "Common Behavior"). Failures are logged. An envelope over
+    WEBHOOK_MAX_PAYLOAD_BYTES is recorded as a stand-in without its data (see the module's
+    docstring): its seed `targets` are sent, its endpoints are told nothing. With
     `dedupe_key`, a second publish with the same key (in any process) records nothing.
     `organization`, `agent` and `endpoint` may be model instances or ids. `endpoint`, if
     given, replaces the subscriptions: the event goes to that endpoint only (a test event).
@@ -78,21 +134,11 @@ def publish(
         event.targets = [{"kind": t.kind, "url": t.url, "body": dumps(t.body)} for t in targets]
         if endpoint is not None:
             event.targets.append({"endpoint": getattr(endpoint, "pk", endpoint)})
-        event.body = dumps(
-            {
-                "event_id": event.id,
-                "event_type": event_type,
-                "timestamp": isoformat(now),
-                "agent_id": agent_id,
-                "organization_id": organization_id,
-                "data": data,
-            }
-        )
-        if len(event.body) > settings.WEBHOOK_MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge(
-                f"{event_type} payload is {len(event.body)} bytes, over WEBHOOK_MAX_PAYLOAD_BYTES "
-                f"({settings.WEBHOOK_MAX_PAYLOAD_BYTES})"
-            )
+        envelope = _envelope(event.id, event_type, now, agent_id, organization_id, data)
+        event.body = dumps(envelope)
+        if (size := encoded_size(event.body)) > settings.WEBHOOK_MAX_PAYLOAD_BYTES:
+            event.oversize_bytes = size
+            event.body = dumps(_stand_in(envelope, size))
         if len(event_type) > TYPE_MAX or (dedupe_key and len(dedupe_key) > DEDUPE_KEY_MAX):
             raise ValueError(f"event type or dedupe key too long: {event_type[:TYPE_MAX]!r}")
         if not _insert(event):
@@ -107,6 +153,16 @@ def publish(
 
 def _committed(event: Event) -> None:
     metrics.event_published(event.type)
+    if event.oversize_bytes is not None:
+        metrics.event_oversize(event.type)
+        logger.warning(
+            "event %s (%s) is %d bytes, over WEBHOOK_MAX_PAYLOAD_BYTES (%d): recorded without its data; "
+            "its endpoints' deliveries fail unsent, its seed targets are sent",
+            event.pk,
+            event.type,
+            event.oversize_bytes,
+            settings.WEBHOOK_MAX_PAYLOAD_BYTES,
+        )
     enqueue.submit_events([event.pk])
 
 

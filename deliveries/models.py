@@ -42,6 +42,10 @@ class Event(models.Model):
     # than subscribed endpoints: [{"kind", "url", "body"}] or [{"endpoint": id}].
     targets = models.JSONField(default=list, blank=True)
     fanned_out_at = models.DateTimeField(null=True, blank=True)
+    # Set only for an event whose envelope was over WEBHOOK_MAX_PAYLOAD_BYTES: that size.
+    # `body` then holds a stand-in without the data (deliveries/events.py), which endpoints
+    # are never sent: their deliveries are created failed, saying why (fanout.py).
+    oversize_bytes = models.PositiveBigIntegerField(null=True, blank=True)
 
     class Meta:
         # Every publishing save inserts a row here: only the indexes something reads. (Django's

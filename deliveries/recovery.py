@@ -11,13 +11,13 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from webhooks.models import Endpoint
 
-from . import enqueue, operational
-from .models import Attempt, Delivery, DeliveryStatus
+from . import enqueue, fanout, operational
+from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus, Event
 from .store import lease_is_free
 
 logger = logging.getLogger(__name__)
@@ -25,12 +25,16 @@ logger = logging.getLogger(__name__)
 RELEASE_CHUNK = 2000
 CHUNK = 5000
 SUBMIT_AT_ONCE = 500
+# Deliveries to an endpoint of an event over WEBHOOK_MAX_PAYLOAD_BYTES: created failed and
+# never sent (the event keeps a stand-in, not its data), so never restarted either.
+UNSENDABLE = Q(kind=DeliveryKind.ENDPOINT, event__oversize_bytes__isnull=False)
 
 
 class NotRetryable(ValueError):
     """A manual retry that cannot be done; `reason` says why, the message explains it."""
 
     SUCCEEDED, IN_PROGRESS, HELD = "already succeeded", "an attempt is being made right now", "held"
+    TOO_LARGE = "payload too large"
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -43,14 +47,17 @@ def retry_delivery(delivery: Delivery, *, force: bool = False) -> Delivery:
     Failed and dead deliveries start a fresh series of attempts (the whole schedule again); a
     succeeded one only with `force` (it will be POSTed again). A delivery waiting for a retry
     is sent now, as the next attempt of its series: if that fails too, the schedule goes on
-    from there. Raises NotRetryable for one being sent right now, or held by a disabled
-    endpoint."""
+    from there. Raises NotRetryable for one being sent right now, held by a disabled
+    endpoint, or whose event is too large to send to an endpoint."""
     allowed = [DeliveryStatus.FAILED, DeliveryStatus.DEAD] + ([DeliveryStatus.SUCCEEDED] if force else [])
-    restarted = _restart(Delivery.objects.filter(pk=delivery.pk, status__in=allowed))
+    restarted = _restart(Delivery.objects.filter(pk=delivery.pk, status__in=allowed).exclude(UNSENDABLE))
     if not restarted and not _make_due(Delivery.objects.filter(pk=delivery.pk)):
         delivery.refresh_from_db()
         if delivery.status == DeliveryStatus.SUCCEEDED:
             raise NotRetryable(NotRetryable.SUCCEEDED, "delivery already succeeded; pass force to send it again")
+        if size := _oversize(delivery):
+            why = f"{fanout.too_large(size)}; its event was recorded without its data, so it cannot be sent"
+            raise NotRetryable(NotRetryable.TOO_LARGE, why)
         if delivery.status == DeliveryStatus.PENDING and delivery.next_attempt_at is None:
             raise NotRetryable(
                 NotRetryable.HELD, "delivery is held: its endpoint is disabled; enable the endpoint to send it"
@@ -59,6 +66,13 @@ def retry_delivery(delivery: Delivery, *, force: bool = False) -> Delivery:
         raise NotRetryable(NotRetryable.IN_PROGRESS, "an attempt of this delivery is being made right now")
     delivery.refresh_from_db()
     return delivery
+
+
+def _oversize(delivery: Delivery) -> int | None:
+    """The size of the event of an endpoint delivery, if it was too large to send."""
+    if delivery.kind != DeliveryKind.ENDPOINT:
+        return None
+    return Event.objects.filter(pk=delivery.event_id).values_list("oversize_bytes", flat=True).first()
 
 
 def retry_pending(endpoint) -> int:
@@ -82,11 +96,12 @@ def _make_due(rows) -> int:
 
 
 def recover_endpoint(endpoint, since: datetime.datetime) -> int:
-    """Retry every failed or dead delivery of `endpoint` created since `since`; return how many."""
+    """Retry every failed or dead delivery of `endpoint` created since `since`; return how many.
+    (Not those of events too large to send: they would fail again, unsent.)"""
     rows = Delivery.objects.filter(
         endpoint=endpoint, created_at__gte=since, status__in=[DeliveryStatus.FAILED, DeliveryStatus.DEAD]
     )
-    return _restart(rows)
+    return _restart(rows.exclude(UNSENDABLE))
 
 
 def disable_endpoints(endpoints, reason: str) -> int:

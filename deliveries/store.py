@@ -24,7 +24,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from webhooks import health
-from webhooks.models import Endpoint, redact_headers, redact_url
+from webhooks.models import Endpoint, redact_headers, redact_url, redacted_host
 
 from . import metrics, policy, signals
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus, Event
@@ -211,7 +211,7 @@ def record(jobs: list) -> list[Outcome]:
                 delivery.pk,
                 delivery.attempt_count,
                 job.started,
-                request.url,
+                redact_url(request.url),  # the URL as configured stays on the endpoint only
                 response.status_code,
                 response.duration_ms,
                 response.body,
@@ -384,11 +384,13 @@ def relax_session(sender, connection, **kwargs) -> None:
 
 
 def _log(delivery: Delivery, request, response, outcome: Outcome) -> None:
+    """One line per attempt, naming the target by endpoint id (or seed kind) and host, never
+    by its URL: paths and queries carry receivers' tokens, and logs travel far."""
     what = response.status_code if response.status_code is not None else response.error
-    url = redact_url(request.url)
+    to = f"{delivery.endpoint_id or delivery.kind} ({redacted_host(request.url)})"
     if outcome.status == DeliveryStatus.SUCCEEDED:
-        logger.info("delivery %s to %s: %s in %d ms", delivery.pk, url, what, response.duration_ms)
+        logger.info("delivery %s to %s: %s in %d ms", delivery.pk, to, what, response.duration_ms)
     elif outcome.status == DeliveryStatus.PENDING:  # expected, and in the attempt log: not a warning
-        logger.info("delivery %s to %s: %s, retry in %s", delivery.pk, url, what, policy.format_seconds(outcome.delay))
+        logger.info("delivery %s to %s: %s, retry in %s", delivery.pk, to, what, policy.format_seconds(outcome.delay))
     else:
-        logger.warning("delivery %s to %s: %s, %s", delivery.pk, url, what, outcome.status)
+        logger.warning("delivery %s to %s: %s, %s", delivery.pk, to, what, outcome.status)

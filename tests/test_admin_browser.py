@@ -98,7 +98,7 @@ def test_send_test_event_from_the_endpoint_list(
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     django_user_model.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
-    endpoint = make_endpoint(description="ops receiver")
+    endpoint = make_endpoint(description="ops receiver", headers={"Authorization": "Bearer ops-s3cret"})
     make_endpoint("/billing", is_active=False, description="billing (paused)")
     wait = WebDriverWait(browser, 20)
 
@@ -139,6 +139,7 @@ def test_send_test_event_from_the_endpoint_list(
     browser.find_element(By.LINK_TEXT, endpoint.url).click()  # the delivery's endpoint
     wait.until(ec.presence_of_element_located((By.ID, "endpoint_form")))
     assert "whsec_" not in browser.page_source  # the secret is never shown on the form
+    assert "ops-s3cret" not in browser.page_source and "[redacted]" in browser.page_source  # nor a credential
     save_page(browser, screenshots / "endpoint-change.png")
 
 

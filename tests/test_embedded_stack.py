@@ -59,6 +59,8 @@ def test_runall_on_embedded_defaults_delivers_and_stops_on_ctrl_c(receiver, tmp_
         wait_until(lambda: healthy(port), timeout=60, message="web server to answer /health/")
         output = (tmp_path / "runall.log").read_text()
         assert f"http://127.0.0.1:{port}/admin/" in output
+        # Development opens loopback to endpoints (DJANGO_DEBUG's default): said at start.
+        assert "WARNING: WEBHOOK_ALLOWED_CIDRS=127.0.0.0/8,::1/128: endpoints may target" in output
         subprocess.run(
             [sys.executable, "manage.py", "shell", "-c", SCRIPT.format(url=receiver.url("/embedded"))],
             cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,

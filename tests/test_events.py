@@ -101,13 +101,18 @@ def test_publish_from_any_code(org, agent):
     assert Event.objects.filter(dedupe_key="k1").count() == 1
 
 
-def test_oversize_payload_is_refused_but_the_save_succeeds(agent, settings, caplog):
+def test_oversize_payload_is_recorded_without_its_data_and_the_save_succeeds(
+    agent, settings, caplog, django_capture_on_commit_callbacks, monkeypatch
+):
     settings.WEBHOOK_MAX_PAYLOAD_BYTES = 2048
-    with caplog.at_level(logging.ERROR, logger="deliveries"):
+    monkeypatch.setattr("deliveries.enqueue.submit_events", lambda ids: None)  # its commit, without a broker
+    with caplog.at_level(logging.WARNING, logger="deliveries"), django_capture_on_commit_callbacks(execute=True):
         message = Message.objects.create(agent=agent, content="x" * 5000)
     assert Message.objects.filter(pk=message.pk).exists()
-    assert events() == []
-    assert "WEBHOOK_MAX_PAYLOAD_BYTES" in caplog.text
+    (event,) = events()
+    assert event["data"] == {"message_id": message.id, "step_id": None}  # the ids only
+    assert event["truncated"] is True and event["payload_bytes"] > 5000
+    assert "over WEBHOOK_MAX_PAYLOAD_BYTES (2048)" in caplog.text
 
 
 def test_broken_webhook_code_never_breaks_the_save(agent, monkeypatch, caplog):

@@ -34,7 +34,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.slow
 
-DELIVERED = re.compile(r"delivery \d+ to \S+: 200 in")
+DELIVERED = re.compile(r"delivery \d+ to \S+ \(\S+\): 200 in")
 
 
 def assert_one_successful_attempt_each(deliveries: int) -> None:

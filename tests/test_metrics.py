@@ -5,6 +5,7 @@ The figures are compared as differences: counters are cumulative over the test s
 """
 
 import datetime
+import urllib.request
 
 import pytest
 from django.test import Client
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents_hooks.models import Step
 from deliveries.models import Delivery, Event
-from tests.support import free_port, wait_until
+from tests.support import Worker, free_port, wait_until
 
 
 def scrape(client: Client | None = None, **headers) -> dict[tuple, float]:
@@ -142,3 +143,44 @@ def test_a_broker_that_does_not_answer_leaves_the_scrape_standing():
     assert value(samples, "webhooks_up", source="database") == 1
     assert ("webhooks_broker_queue_messages", ()) not in samples
     assert ("webhooks_deliveries_due", ()) in samples
+
+
+def test_a_worker_on_a_host_of_its_own_serves_its_counters(receiver_only, agent, make_endpoint, tmp_path):
+    """WEBHOOK_METRICS_PORT: a prefork worker with a metrics directory of its own (as on
+    another host) serves the counters of its pool processes, which the web cannot see."""
+    port = free_port()
+    worker = Worker(
+        tmp_path / "worker.log",
+        extra_env={"WEBHOOK_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")},
+        pool="prefork",
+        concurrency=2,
+        beat=False,
+    )
+    try:
+        make_endpoint("/elsewhere")
+        complete_a_step(agent)
+        receiver_only.wait_for(1, path="/elsewhere")
+
+        def served() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        wait_until(lambda: 'webhooks_attempts_total{outcome="2xx"} 1.0' in served(), message="the worker's exporter")
+        assert 'webhooks_deliveries_finished_total{status="succeeded"} 1.0' in served()
+    finally:
+        worker.stop()
+
+
+def test_observing_a_batch_fills_the_buckets_as_observing_each_value():
+    from prometheus_client import Histogram
+
+    from deliveries import metrics
+
+    values = [0.0, 0.005, 0.0051, 0.3, 2.5, 31.0, 1e9, 0.01, 0.01]
+    each = Histogram("test_each_seconds", "", buckets=(0.005, 0.01, 2.5, 30), registry=None)
+    batch = Histogram("test_batch_seconds", "", buckets=(0.005, 0.01, 2.5, 30), registry=None)
+    for v in values:
+        each.observe(v)
+    metrics._observe_all(batch, values)
+    assert [b.get() for b in batch._buckets] == [b.get() for b in each._buckets] == [2, 3, 2, 0, 2]
+    assert batch._sum.get() == pytest.approx(each._sum.get())

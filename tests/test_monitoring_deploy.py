@@ -52,6 +52,7 @@ def test_alert_rules_pass_promtool_and_their_unit_tests():
 
 SERVED = {
     "webhooks_events_published_total",
+    "webhooks_events_oversize_total",
     "webhooks_attempts_total",
     "webhooks_deliveries_finished_total",
     "webhooks_retries_scheduled_total",

@@ -7,6 +7,7 @@ it, and never in a list or a form.
 """
 
 import datetime
+import json
 import time
 from urllib.parse import urlencode
 
@@ -31,12 +32,17 @@ from deliveries.models import Attempt, Delivery
 from deliveries.recovery import disable_endpoints, recover_endpoint, resume_endpoint, retry_pending
 from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
 
-from . import catalog, urlsafety
-from .models import Endpoint
+from . import catalog, credentials, urlsafety
+from .models import Endpoint, redact_headers
 from .serializers import EndpointSerializer
 
 # How long "send test event" waits for the worker's first attempt before answering.
 TEST_WAIT_SECONDS = 5.0
+HEADERS_HELP = (
+    'Extra HTTP headers sent with every POST, as JSON: {"X-Team": "ops"}. Credential values are shown as '
+    f'"{credentials.MASK}": leave it to keep the stored value, type a new value to replace it, remove the '
+    "header to remove it."
+)
 
 
 class EndpointForm(forms.ModelForm):
@@ -59,6 +65,12 @@ class EndpointForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Credential values are never put in the page: the form shows them masked, and a mask
+        # saved unchanged keeps the stored value (`clean_headers`), as the API does.
+        if "headers" in self.fields:  # not for someone who may only view
+            self.fields["headers"].help_text = HEADERS_HELP
+            if self.instance.pk:
+                self.initial["headers"] = redact_headers(self.instance.headers or {})
         self.fields["retry_schedule"].help_text = (
             'Waits before each retry, e.g. "5s, 5m, 30m, 2h". Empty: the default, '
             f"{policy.format_schedule(settings.WEBHOOK_RETRY_SCHEDULE)}. "
@@ -102,7 +114,7 @@ class EndpointForm(forms.ModelForm):
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise forms.ValidationError('A JSON object of header names to string values, e.g. {"X-Team": "ops"}.')
         try:
-            return EndpointSerializer().validate_headers(value)
+            return EndpointSerializer(self.instance if self.instance.pk else None).validate_headers(value)
         except drf.ValidationError as exc:
             raise forms.ValidationError(exc.detail) from exc
 
@@ -158,12 +170,14 @@ class EndpointAdmin(admin.ModelAdmin):
     ]
 
     def get_fieldsets(self, request, obj=None):
+        # Shown read-only, a JSON field is shown whole: someone who may only view gets it masked.
+        headers = "headers" if obj is None or self.has_change_permission(request, obj) else "masked_headers"
         editable = [
             "url",
             "agent",
             "description",
             "event_types",
-            "headers",
+            headers,
             "rate_limit",
             "retry_schedule",
             "is_active",
@@ -232,6 +246,10 @@ class EndpointAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request, endpoint):
             raise PermissionDenied
         return dashboard.endpoint_page(request, endpoint, self.admin_site.each_context(request))
+
+    @admin.display(description="headers")
+    def masked_headers(self, obj) -> str:
+        return json.dumps(redact_headers(obj.headers or {}))
 
     @admin.display(description="secret")
     def secret_status(self, obj) -> str:

@@ -3,6 +3,7 @@
 import datetime
 import fnmatch
 import functools
+import re
 import secrets
 
 from django.conf import settings
@@ -10,7 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import catalog, crypto, signing
+from . import catalog, credentials, crypto, signing
 
 # Headers the service sets on every POST; an endpoint's custom headers may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -34,28 +35,84 @@ RESERVED_HEADERS = frozenset(
 
 # Header names that suggest a credential: their values are never shown or logged.
 SENSITIVE_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "key", "password", "auth", "credential")
-SIGNATURE_HEADERS = frozenset({"webhook-signature", "x-letta-signature"})  # derived, not secret
 
 
 def redact_headers(headers: dict[str, str]) -> dict[str, str]:
-    """Headers as they may be shown (API, admin, attempt log): credential-like values hidden."""
-    return {name: "[redacted]" if _is_secret(name) else value for name, value in headers.items()}
+    """Headers as they may be shown (API, admin, attempt log): a credential's value becomes
+    `credentials.MASK`, found by its header's name or, for any other custom header, by its shape
+    (`credentials.looks_like_secret`). Ours (RESERVED_HEADERS: ids, timestamps, signatures) are
+    derived, not secret, and stay visible. Runs per attempt: two cache lookups a header at most."""
+    shown = {}
+    for name, value in headers.items():
+        by_name = _secret_by_name(name)
+        secret = credentials.looks_like_secret(value) if by_name is None else by_name
+        shown[name] = credentials.MASK if secret else value
+    return shown
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_secret(name: str) -> bool:
-    """Whether a header's name suggests a credential (cached: every attempt logs the same few
-    names, and this ran per header per attempt)."""
+def _secret_by_name(name: str) -> bool | None:
+    """True if a header's name suggests a credential, False for our own headers, None when
+    its value must decide. Cached: every attempt logs the same few names."""
     lowered = name.lower()
-    return lowered not in SIGNATURE_HEADERS and any(w in lowered for w in SENSITIVE_HEADER_WORDS)
+    if lowered in RESERVED_HEADERS:
+        return False
+    return True if any(w in lowered for w in SENSITIVE_HEADER_WORDS) else None
 
 
+@functools.lru_cache(maxsize=4096)
 def redact_url(url: str) -> str:
-    """A URL as it may be shown beyond the endpoint's owner (logs, operational events):
-    receivers put tokens in query strings, so the query becomes `?[redacted]`. (The attempt
-    log, which only the owner sees, keeps the URL whole.)"""
-    base, sep, _ = url.partition("?")
-    return f"{base}?[redacted]" if sep else base
+    """A URL as it may be shown anywhere but the endpoint's own record: log lines, attempt
+    rows, operational events (which go to chat and paging tools). Receivers put their tokens
+    in the query (`?token=…`), in the path (Slack's `/services/T…/B…/<secret>`, Discord's,
+    Zapier's seven-character hook keys) and even in the host (`<token>.m.pipedream.net`), in
+    shapes no rule recognises for sure. So only what tells endpoints apart is shown: the
+    scheme, the host and port, and the first path segment; everything after it becomes `/…`,
+    the query `?[redacted]`, and the first segment or a host name label that looks like a
+    token (`_looks_like_token`) becomes `…` too. Credentials (`user:pass@`) and the fragment
+    are dropped. `https://hooks.slack.com/services/T0/B0/XyZ?a=1` shows as
+    `https://hooks.slack.com/services/…?[redacted]`. Cached: it runs on every attempt."""
+    base, query, _ = url.partition("#")[0].partition("?")
+    scheme, sep, rest = base.partition("://")
+    if not sep:
+        return "…"  # not a URL: nothing in it can be told safe
+    netloc, slash, path = rest.partition("/")
+    first, more, after = path.partition("/")
+    if _looks_like_token(first):
+        path = "…"
+    elif more:
+        path = f"{first}/…" if after else f"{first}/"
+    return f"{scheme}://{redacted_host(netloc)}{slash}{path}" + ("?[redacted]" if query else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def redacted_host(url: str) -> str:
+    """The host and port of `url` (or of a bare `host:port`) as `redact_url` shows them: how
+    log lines name a target."""
+    host_port = url.partition("://")[2] or url
+    host_port = host_port.partition("/")[0].partition("?")[0].partition("#")[0]
+    host_port = host_port.rpartition("@")[2]  # never the credentials
+    if host_port.startswith("["):  # an IPv6 literal: no name in it
+        return host_port
+    host, colon, port = host_port.partition(":")
+    labels = host.split(".")
+    if all(label.isdigit() for label in labels):  # an IPv4 address (or a number)
+        return host_port
+    return ".".join("…" if _looks_like_token(label) else label for label in labels) + colon + port
+
+
+_WORDS = re.compile(r"[a-z]+(?:[-_.][a-z]+)*")
+
+
+def _looks_like_token(part: str) -> bool:
+    """Whether a path segment or host label may be a secret: 16 characters or more that are
+    not lowercase words (`-`, `_`, `.` between them), or 6 or more mixing letters and digits
+    (Zapier's `abc1de2`, Slack's `T0ABCDEFG`). Stricter than `credentials.looks_like_secret`,
+    which judges header values the owner reads: a URL part shown beyond its owner errs on the
+    side of hiding (`/v1` and `/hooks` stay; `/webhookb2` goes)."""
+    if len(part) >= 16:
+        return not _WORDS.fullmatch(part)
+    return len(part) >= 6 and any(c.isdigit() for c in part) and any(c.isalpha() for c in part)
 
 
 MAX_RATE_LIMIT = 100_000  # deliveries per second

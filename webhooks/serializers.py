@@ -9,7 +9,7 @@ from agents_hooks.models import Agent
 from agents_hooks.serializers import OrganizationObject, check_url
 from deliveries import policy, recovery
 
-from . import catalog
+from . import catalog, credentials
 from .models import RESERVED_HEADERS, Endpoint, redact_headers
 
 
@@ -34,7 +34,15 @@ class EndpointSerializer(serializers.ModelSerializer):
     url = serializers.URLField(max_length=2048)
     agent = OrganizationObject(Agent, required=False, allow_null=True)
     event_types = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=50)
-    headers = serializers.DictField(child=serializers.CharField(max_length=1000, allow_blank=True), required=False)
+    headers = serializers.DictField(
+        child=serializers.CharField(max_length=1000, allow_blank=True),
+        required=False,
+        help_text=(
+            "Extra HTTP headers sent with every POST. Credential values (by name, e.g. Authorization, or by "
+            f'shape, e.g. a token) are write-only: shown as "{credentials.MASK}", which sent back keeps the '
+            "stored value; a new value replaces it, a header left out is removed."
+        ),
+    )
     retry_schedule = RetryScheduleField(
         required=False,
         allow_null=True,
@@ -83,7 +91,10 @@ class EndpointSerializer(serializers.ModelSerializer):
                 raise serializers.ValidationError(f"{name!r} is set by the service and cannot be overridden")
             if any(c in header_value for c in "\r\n\0"):
                 raise serializers.ValidationError(f"the value of {name!r} contains a line break or NUL")
-        return value
+        try:  # a masked value written back (GET then PUT) keeps the credential it hides
+            return credentials.unmask(value, self.instance.headers if self.instance else None)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
 
     def to_representation(self, instance):
         data = super().to_representation(instance)

@@ -286,6 +286,8 @@ def split_host_port(url: str) -> tuple[str, str, int]:
     when WEBHOOK_HTTPS_ONLY, credentials (`user:pass@`, they would be sent in clear to
     anyone), a missing host, a port that is not 1-65535, whitespace or control characters
     (which parsers strip or keep differently, the classic way to make two of them disagree).
+    No message repeats the URL: checked again before every POST, a refusal is logged and sent
+    in operational events, and a URL's path and query may hold the receiver's token.
     """
     if not isinstance(url, str):
         raise UnsafeURL("the URL must be a string")
@@ -294,10 +296,10 @@ def split_host_port(url: str) -> tuple[str, str, int]:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise UnsafeURL(f"{url!r} is not a valid URL ({exc})") from None
+        raise UnsafeURL(f"not a valid URL ({exc})") from None
     schemes = ("https",) if getattr(settings, "WEBHOOK_HTTPS_ONLY", False) else ("http", "https")
     if parts.scheme not in schemes:
-        raise UnsafeURL(f"{url!r}: the scheme must be {' or '.join(schemes)}, not {parts.scheme or 'missing'!r}")
+        raise UnsafeURL(f"the scheme must be {' or '.join(schemes)}, not {parts.scheme or 'missing'!r}")
     netloc = parts.netloc
     if "@" in netloc:
         # Not echoed back: the message must not repeat a password.
@@ -309,16 +311,16 @@ def split_host_port(url: str) -> tuple[str, str, int]:
         host, _, rest = netloc.partition(":")
         rest = ":" + rest if ":" in netloc else ""
     if not host or host == "[]":
-        raise UnsafeURL(f"{url!r} has no host")
+        raise UnsafeURL("the URL has no host")
     if _BAD_HOST_CHARS.search(host.strip("[]")) or (host.startswith("[") and not host.endswith("]")):
-        raise UnsafeURL(f"{url!r}: the host {host!r} contains characters not allowed in a host")
+        raise UnsafeURL(f"the host {host!r} contains characters not allowed in a host")
     if rest:
         port_text = rest.removeprefix(":")
         if not rest.startswith(":") or not (port_text.isascii() and port_text.isdigit()):
-            raise UnsafeURL(f"{url!r}: the port must be a number")
+            raise UnsafeURL("the port must be a number")
         port = int(port_text)
         if not 1 <= port <= 65535:
-            raise UnsafeURL(f"{url!r}: the port must be between 1 and 65535")
+            raise UnsafeURL("the port must be between 1 and 65535")
     else:
         port = 443 if parts.scheme == "https" else 80
     return parts.scheme, host.lower(), port

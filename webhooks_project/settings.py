@@ -61,6 +61,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: an API body over API_MAX_BODY_BYTES is a 413 before anything reads it.
+    "webhooks_project.api.body_limit_middleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -151,6 +153,9 @@ SPECTACULAR_SETTINGS = {
 }
 # Largest request body the API accepts (413 above it).
 API_MAX_BODY_BYTES = env_positive("API_MAX_BODY_BYTES", "int", 1024 * 1024, minimum=1024)
+# Django's own limit on a body read whole: DRF reads API bodies so, which must never trip it
+# (a 400 HTML page); the admin's forms keep Django's 2.5 MB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(API_MAX_BODY_BYTES, 2_621_440)
 
 LOG_LEVEL = env("LOG_LEVEL", "str", "INFO").upper()
 LOGGING = {
@@ -212,8 +217,9 @@ _RENAMED = {
 for _old, _new in _RENAMED.items():
     if _env.str(_old, default=None) is not None:
         raise ImproperlyConfigured(f"{_old}: no longer read; see {_new} in the README")
-# Largest event envelope publish() accepts; a larger one is refused (and logged), the
-# change that caused it is still saved.
+# Largest event envelope (bytes) sent to endpoints. A larger event is recorded without its
+# data: seed targets still get their bodies, endpoint deliveries fail unsent saying why; the
+# API refuses a change whose event would be larger (deliveries/events.py).
 WEBHOOK_MAX_PAYLOAD_BYTES = env_positive("WEBHOOK_MAX_PAYLOAD_BYTES", "int", 256 * 1024, minimum=1024)
 # Bytes of each response body kept in the attempt log.
 WEBHOOK_RESPONSE_BODY_LIMIT = env_positive("WEBHOOK_RESPONSE_BODY_LIMIT", "int", 4096)

@@ -44,6 +44,9 @@ class Command(BaseCommand):
             + f"\n  broker    {settings.CELERY_BROKER_URL.split('@')[-1]}"
             + "\n  logs      this terminal: web requests, worker deliveries and retries, beat\n"
         )
+        if settings.WEBHOOK_ALLOWED_CIDRS:
+            self.stdout.write(self.style.WARNING(open_networks_warning()))
+        self.stdout.flush()
         stopping = False
 
         def stop(*_):
@@ -68,3 +71,15 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 p.kill()
         self.stdout.write("stopped")
+
+
+def open_networks_warning() -> str:
+    """What runall (and so `dev.py up`) says at start while WEBHOOK_ALLOWED_CIDRS opens networks
+    the SSRF guard would refuse: any organization's endpoint may then target them."""
+    cidrs = ",".join(settings.WEBHOOK_ALLOWED_CIDRS)
+    return (
+        f"WARNING: WEBHOOK_ALLOWED_CIDRS={cidrs}: endpoints may target these networks, which the SSRF\n"
+        "  guard otherwise refuses: any organization's webhook can make the worker POST to the services\n"
+        "  on them (on loopback, this machine's own: database, broker, admin). For development only;\n"
+        "  in production leave it empty (the default when DJANGO_DEBUG=false).\n"
+    )
