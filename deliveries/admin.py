@@ -197,6 +197,15 @@ class DeliveryAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     actions = ["retry"]
     inlines = [AttemptInline]
+
+    def get_search_results(self, request, queryset, search_term):
+        """A number is a delivery id, matched exactly: not also every URL whose port or path
+        happens to contain those digits."""
+        term = search_term.strip()
+        if term.isdigit() and len(term) < 19:  # within a bigint
+            return queryset.filter(pk=int(term)), False
+        return super().get_search_results(request, queryset, search_term)
+
     PROGRESS = [
         "attempt_count",
         "series_start",

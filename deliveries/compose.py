@@ -25,6 +25,7 @@ class Request:
     headers: dict[str, str]
     timeout: float
     error: str = ""  # set when the request could not be built: nothing is sent
+    client_cert: tuple[str, str] | None = None  # (certificate, key) PEM for mutual TLS
 
 
 def build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> Request:
@@ -50,6 +51,7 @@ def _build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> 
         "X-Letta-Timestamp": str(timestamp),
     }
     timeout = settings.WEBHOOK_TIMEOUT
+    client_cert = None
     if delivery.kind == DeliveryKind.ENDPOINT:
         endpoint = delivery.endpoint
         body = event.body.encode()
@@ -58,6 +60,7 @@ def _build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> 
         headers.update(signing.signature_headers(keys[endpoint.pk], event.id, timestamp, body))
         headers = {**endpoint.custom_headers(), **headers}
         url = endpoint.url
+        client_cert = endpoint.client_certificate
     else:
         body = delivery.body.encode()
         url = delivery.url
@@ -65,4 +68,4 @@ def _build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> 
             timeout = settings.STEP_COMPLETE_TIMEOUT
             if settings.STEP_COMPLETE_KEY:
                 headers["Authorization"] = f"Bearer {settings.STEP_COMPLETE_KEY}"
-    return Request(url, body, headers, timeout)
+    return Request(url, body, headers, timeout, client_cert=client_cert)

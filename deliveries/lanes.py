@@ -161,7 +161,12 @@ class Lane:
             return
         # Never raises (transport.post turns any failure into an answerless Response).
         job.response = transport.post(
-            r.url, r.body, r.headers, timeout=r.timeout, connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT
+            r.url,
+            r.body,
+            r.headers,
+            timeout=r.timeout,
+            connect_timeout=settings.WEBHOOK_CONNECT_TIMEOUT,
+            client_cert=r.client_cert,
         )
 
     def _done(self, job: Job) -> None:

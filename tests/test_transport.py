@@ -93,8 +93,9 @@ def test_keep_alive_reuses_one_connection(receiver, settings):
 
 
 def test_stale_keep_alive_connection_is_retried_once_on_a_fresh_one(raw):
-    """The receiver closes an idle connection; the next POST on it gets nothing back and is
-    sent again on a new connection, transparently."""
+    """The receiver closes an idle connection; the next POST sees it closed before writing
+    (the pool checks an idle socket before reuse) and goes on a new connection, transparently.
+    A POST already written is never sent again: tests/test_http_framing.py."""
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
     def once_then_close(conn):

@@ -32,7 +32,7 @@ from deliveries.models import Attempt, Delivery
 from deliveries.recovery import disable_endpoints, recover_endpoint, resume_endpoint, retry_pending
 from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
 
-from . import catalog, credentials, urlsafety
+from . import catalog, clientcert, credentials, urlsafety
 from .models import Endpoint, redact_headers
 from .serializers import EndpointSerializer
 
@@ -55,6 +55,22 @@ class EndpointForm(forms.ModelForm):
         widget=forms.TextInput(attrs={"size": 60}),
         help_text="",  # set in __init__: it names the default in force
     )
+    # Mutual TLS. Never filled in from the stored value (it is a secret): empty keeps it.
+    client_certificate = forms.CharField(
+        required=False,
+        strip=False,
+        label="Client certificate",
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 64, "placeholder": "-----BEGIN CERTIFICATE-----"}),
+        help_text="PEM, leaf first. Presented to receivers that ask for one. Empty: keep the current one.",
+    )
+    client_key = forms.CharField(
+        required=False,
+        strip=False,
+        label="Client key",
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 64, "placeholder": "-----BEGIN PRIVATE KEY-----"}),
+        help_text="The certificate's private key, PEM, unencrypted. Stored encrypted; never shown again.",
+    )
+    remove_client_certificate = forms.BooleanField(required=False, label="Remove the client certificate")
 
     class Meta:
         model = Endpoint
@@ -120,11 +136,37 @@ class EndpointForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        self._clean_client_certificate(cleaned)
         organization = cleaned.get("organization") or getattr(self.instance, "organization", None)
         agent = cleaned.get("agent")
         if agent and organization and agent.organization_id != organization.pk:
             self.add_error("agent", f"{agent} belongs to another organization than {organization}.")
         return cleaned
+
+    def _clean_client_certificate(self, cleaned: dict) -> None:
+        self.client_certificate = ...  # Ellipsis: unchanged; None: remove; else the new one
+        cert, key = cleaned.get("client_certificate") or "", cleaned.get("client_key") or ""
+        if cleaned.get("remove_client_certificate"):
+            if cert.strip() or key.strip():
+                self.add_error("remove_client_certificate", "Either remove it or give a new one, not both.")
+            self.client_certificate = None
+        elif cert.strip() or key.strip():
+            if not cert.strip() or not key.strip():
+                missing = "client_key" if cert.strip() else "client_certificate"
+                self.add_error(missing, "Required with the other half of the client certificate.")
+                return
+            try:
+                self.client_certificate = clientcert.parse(cert, key)
+            except clientcert.ClientCertificateError as exc:
+                self.add_error(exc.field, str(exc))
+
+    def save(self, commit=True):
+        wanted = getattr(self, "client_certificate", ...)
+        if wanted is None:
+            self.instance.remove_client_certificate()
+        elif isinstance(wanted, clientcert.ClientCertificate):
+            self.instance.set_client_certificate(wanted.cert_pem, wanted.key_pem)
+        return super().save(commit)
 
 
 class ScopeFilter(admin.SimpleListFilter):
@@ -165,6 +207,7 @@ class EndpointAdmin(admin.ModelAdmin):
         "last_delivery",
         "success_24h",
         "secret_status",
+        "client_certificate_status",
         "created_at",
         "updated_at",
     ]
@@ -182,8 +225,12 @@ class EndpointAdmin(admin.ModelAdmin):
             "retry_schedule",
             "is_active",
         ]
+        # The certificate's fields are write-only: someone who may only view sees its status.
+        can_change = obj is None or self.has_change_permission(request, obj)
+        mtls = ["client_certificate", "client_key"] + (["remove_client_certificate"] if obj else [])
+        mtls = ([] if obj is None else ["client_certificate_status"]) + (mtls if can_change else [])
         if obj is None:
-            return [(None, {"fields": ["organization", *editable]})]
+            return [(None, {"fields": ["organization", *editable]}), ("Mutual TLS", {"fields": mtls})]
         return [
             (None, {"fields": ["id", "organization", *editable]}),
             (
@@ -200,6 +247,7 @@ class EndpointAdmin(admin.ModelAdmin):
                 },
             ),
             ("Signing", {"fields": ["secret_status", "created_at", "updated_at"]}),
+            ("Mutual TLS", {"fields": mtls}),
         ]
 
     def get_readonly_fields(self, request, obj=None):
@@ -207,7 +255,11 @@ class EndpointAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # Secrets are never shown, so never loaded for a page either.
-        queryset = super().get_queryset(request).defer("secret_encrypted", "previous_secret_encrypted")
+        queryset = (
+            super()
+            .get_queryset(request)
+            .defer("secret_encrypted", "previous_secret_encrypted", "client_cert_encrypted", "client_key_encrypted")
+        )
         return with_delivery_stats(queryset)
 
     @admin.display(description="scope", ordering="agent__name")
@@ -256,6 +308,15 @@ class EndpointAdmin(admin.ModelAdmin):
         if obj.previous_secret_expires_at and obj.previous_secret_expires_at > timezone.now():
             return f"Rotated; the previous secret also signs until {obj.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC."
         return "Set. It is shown once, when rotated (action “Rotate secret”); it is never displayed here."
+
+    @admin.display(description="client certificate")
+    def client_certificate_status(self, obj) -> str:
+        if not obj.client_cert_subject:
+            return "None."
+        return (
+            f"Set: {obj.client_cert_subject}, expires {obj.client_cert_expires_at:%Y-%m-%d %H:%M} UTC. "
+            "The certificate and key are never displayed."
+        )
 
     def save_model(self, request, obj, form, change):
         # Switching it on or off is the services' to do (they record why, hold or release the

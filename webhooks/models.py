@@ -11,7 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import catalog, credentials, crypto, signing
+from . import catalog, clientcert, credentials, crypto, signing
 
 # Headers the service sets on every POST; an endpoint's custom headers may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -187,6 +187,13 @@ class Endpoint(models.Model):
     secret_encrypted = models.TextField(default=new_encrypted_secret, editable=False)
     previous_secret_encrypted = models.TextField(blank=True, default="", editable=False)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Mutual TLS: a client certificate and key presented to the receiver, encrypted like the
+    # secret and never shown again; set them with `set_client_certificate`. Subject and expiry
+    # are kept in the clear to be shown.
+    client_cert_encrypted = models.TextField(blank=True, default="", editable=False)
+    client_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    client_cert_subject = models.CharField(max_length=500, blank=True, default="", editable=False)
+    client_cert_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     headers = models.JSONField(default=dict, blank=True, help_text="Extra HTTP headers sent with every POST.")
     retry_schedule = models.JSONField(
         null=True,
@@ -238,6 +245,29 @@ class Endpoint(models.Model):
             update_fields=["secret_encrypted", "previous_secret_encrypted", "previous_secret_expires_at", "updated_at"]
         )
         return new
+
+    @property
+    def has_client_certificate(self) -> bool:
+        return bool(self.client_cert_encrypted)
+
+    @property
+    def client_certificate(self) -> tuple[str, str] | None:
+        """(certificate PEM, key PEM) to present for mutual TLS, or None."""
+        if not self.client_cert_encrypted:
+            return None
+        return crypto.decrypt(self.client_cert_encrypted), crypto.decrypt(self.client_key_encrypted)
+
+    def set_client_certificate(self, cert_pem: str, key_pem: str) -> None:
+        """Check (clientcert.parse: raises ClientCertificateError naming the field) and keep
+        a client certificate and key, encrypted; the caller saves."""
+        parsed = clientcert.parse(cert_pem, key_pem)
+        self.client_cert_encrypted = crypto.encrypt(parsed.cert_pem)
+        self.client_key_encrypted = crypto.encrypt(parsed.key_pem)
+        self.client_cert_subject, self.client_cert_expires_at = parsed.subject, parsed.expires_at
+
+    def remove_client_certificate(self) -> None:
+        self.client_cert_encrypted = self.client_key_encrypted = self.client_cert_subject = ""
+        self.client_cert_expires_at = None
 
     def custom_headers(self) -> dict[str, str]:
         """The endpoint's extra headers, less any that would replace one of ours (matched

@@ -290,6 +290,19 @@ WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env_positive("WEBHOOK_SECRET_ROTATION_GRAC
 # all the same, for development and tests. Default: loopback while DJANGO_DEBUG (the embedded
 # development setup, receivers on localhost), nothing in production. A bare address is a
 # one-address network; host bits set (10.0.0.1/8) is an error.
+# WEBHOOK_CA_BUNDLE: a PEM file of CA certificates trusted for HTTPS endpoints in addition to
+# the system's (a private CA's receivers). Checked at start-up: a bundle that cannot be read
+# would otherwise fail every HTTPS delivery, one attempt at a time.
+WEBHOOK_CA_BUNDLE = env("WEBHOOK_CA_BUNDLE", "str", "")
+if WEBHOOK_CA_BUNDLE:
+    import ssl as _ssl
+
+    try:
+        _ssl.create_default_context().load_verify_locations(cafile=WEBHOOK_CA_BUNDLE)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ImproperlyConfigured(
+            f"WEBHOOK_CA_BUNDLE: cannot load {WEBHOOK_CA_BUNDLE!r} as a PEM file of CA certificates ({exc})"
+        ) from exc
 _LOOPBACK = ["127.0.0.0/8", "::1/128"]
 WEBHOOK_ALLOWED_CIDRS = [
     c.strip() for c in env("WEBHOOK_ALLOWED_CIDRS", "list", _LOOPBACK if DEBUG else []) if c.strip()
@@ -303,6 +316,21 @@ except ValueError as exc:
     raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_CIDRS: not a list of CIDRs ({exc})") from exc
 # Refuse plain http:// endpoint URLs: https only.
 WEBHOOK_HTTPS_ONLY = env("WEBHOOK_HTTPS_ONLY", "bool", False)
+# Egress proxy: `http://[user:pass@]host:port`. Every POST then goes through an HTTP CONNECT
+# tunnel to the endpoint's checked address (URL safety still applies to the endpoint; the
+# proxy itself is the operator's and is not checked). Empty: connect directly.
+WEBHOOK_PROXY_URL = env("WEBHOOK_PROXY_URL", "str", "").strip()
+if WEBHOOK_PROXY_URL:
+    from urllib.parse import urlsplit as _urlsplit
+
+    try:
+        _proxy = _urlsplit(WEBHOOK_PROXY_URL)
+        if _proxy.scheme != "http" or not _proxy.hostname or _proxy.port is None:
+            raise ValueError("expected http://[user:pass@]host:port")
+        if _proxy.path not in ("", "/") or _proxy.query or _proxy.fragment:
+            raise ValueError("a proxy URL has no path, query or fragment")
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"WEBHOOK_PROXY_URL: invalid value ({exc})") from exc
 
 # Seed 000 compatibility: every step reaching success/failed/cancelled POSTs {"step_id": ...}
 # here, with `Authorization: Bearer STEP_COMPLETE_KEY` when that is set.

@@ -1,11 +1,14 @@
-"""`python manage.py reencrypt_secrets`: re-encrypt every endpoint secret with the newest key
-of WEBHOOK_ENCRYPTION_KEYS (step 2 of a key rotation; see webhooks/crypto.py)."""
+"""`python manage.py reencrypt_secrets`: re-encrypt every endpoint secret (and mutual-TLS client
+certificate and key) with the newest key of WEBHOOK_ENCRYPTION_KEYS (step 2 of a key rotation;
+see webhooks/crypto.py)."""
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from webhooks import crypto
 from webhooks.models import Endpoint
+
+ENCRYPTED = ["secret_encrypted", "previous_secret_encrypted", "client_cert_encrypted", "client_key_encrypted"]
 
 
 class Command(BaseCommand):
@@ -14,18 +17,16 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         done = 0
         with transaction.atomic():
-            for endpoint in Endpoint.objects.select_for_update().only(
-                "pk", "secret_encrypted", "previous_secret_encrypted"
-            ):
+            for endpoint in Endpoint.objects.select_for_update().only("pk", *ENCRYPTED):
                 try:
-                    endpoint.secret_encrypted = crypto.reencrypt(endpoint.secret_encrypted)
-                    if endpoint.previous_secret_encrypted:
-                        endpoint.previous_secret_encrypted = crypto.reencrypt(endpoint.previous_secret_encrypted)
+                    for field in ENCRYPTED:
+                        if getattr(endpoint, field):
+                            setattr(endpoint, field, crypto.reencrypt(getattr(endpoint, field)))
                 except crypto.InvalidToken:
                     raise CommandError(
                         f"endpoint {endpoint.pk}: its secret was encrypted with a key that is not in "
                         "WEBHOOK_ENCRYPTION_KEYS; add the old key after the new one and run again"
                     ) from None
-                endpoint.save(update_fields=["secret_encrypted", "previous_secret_encrypted"])
+                endpoint.save(update_fields=ENCRYPTED)
                 done += 1
         self.stdout.write(f"re-encrypted the secrets of {done} endpoints with the newest key")
