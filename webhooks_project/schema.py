@@ -1,6 +1,46 @@
-"""The OpenAPI schema class (settings: DEFAULT_SCHEMA_CLASS)."""
+"""The OpenAPI schema class (settings: DEFAULT_SCHEMA_CLASS) and its post-processing hook
+(SPECTACULAR_SETTINGS POSTPROCESSING_HOOKS): one tag per resource, and descriptions written for
+the API's users, never a view's internal docstring."""
 
 from drf_spectacular import openapi
+from drf_spectacular.plumbing import get_doc
+
+from webhooks import catalog
+
+API_PREFIX = "/api/v1/"
+
+# Each resource (the path segment after /api/v1/, its tag): what it is, for the docs' readers.
+RESOURCES = {
+    "agents": "Your agents. Attaching or detaching a tool publishes `agent.tool.attached` / `.detached`.",
+    "tools": "The tools your agents can call.",
+    "runs": "Runs of an agent. An ended status publishes `agent.run.completed`. History: never deleted.",
+    "jobs": "Jobs of an agent. An ended status publishes `agent.job.completed`. History: never deleted.",
+    "steps": "Steps of an agent's runs. Setting a final status publishes `agent.step.completed`, "
+    "`.failed` or `.cancelled`. History: never deleted.",
+    "messages": "Messages sent to or by an agent (`agent.message.sent`). Written once, never changed.",
+    "tool-executions": "Calls of a tool. A final status publishes `tool.execution.completed`. History: never deleted.",
+    "webhooks": "Webhook endpoints: where events are POSTed, signed (Standard Webhooks), and which "
+    "event types each receives. The signing secret is shown once, on create and on rotation.",
+    "events": "Events published for your organization, each delivered to every subscribed endpoint.",
+    "deliveries": "One delivery per event and endpoint: its status and every attempt (status code, "
+    "duration, response). Failed or dead deliveries can be retried.",
+    "event-types": "The event types an endpoint can subscribe to, with an example of each `data`.",
+    "stats": "Delivery statistics of the whole service (staff only).",
+}
+SINGULAR = {
+    "agents": "agent", "tools": "tool", "runs": "run", "jobs": "job", "steps": "step",
+    "messages": "message", "tool-executions": "tool execution", "webhooks": "webhook endpoint",
+    "events": "event", "deliveries": "delivery",
+}  # fmt: skip
+# The description of a standard action, from the resource's singular and plural names.
+ACTIONS = {
+    "list": "Your organization's {plural}, a page at a time.",
+    "create": "Create {a} {singular}.",
+    "retrieve": "One {singular}, by id.",
+    "update": "Replace {a} {singular}'s writable fields.",
+    "partial_update": "Change some of {a} {singular}'s fields.",
+    "destroy": "Delete {a} {singular}.",
+}
 
 ERROR_BODY = {
     "type": "object",
@@ -23,6 +63,25 @@ class AutoSchema(openapi.AutoSchema):
     """drf-spectacular's schema, plus the error answers every operation can give (so clients, and
     schemathesis, know them): an undocumented status code is a schema violation too."""
 
+    def get_tags(self) -> list[str]:
+        """One tag per resource: `/api/v1/webhooks/{id}/test/` is under "webhooks"."""
+        if self.path.startswith(API_PREFIX):
+            return [self.path.removeprefix(API_PREFIX).split("/")[0]]
+        return super().get_tags()
+
+    def get_description(self) -> str:
+        """The action's own docstring (custom actions, APIViews), else a line for the standard
+        action. Never the view class's docstring: those are notes for maintainers."""
+        action = getattr(self.view, "action", None) or self.method.lower()
+        own = get_doc(getattr(self.view, action, None))
+        if own:
+            return own
+        plural = self.get_tags()[0]
+        template = ACTIONS.get(action, "")
+        singular = SINGULAR.get(plural, plural)
+        article = "an" if singular[0] in "aeiou" else "a"
+        return template.format(plural=plural.replace("-", " "), singular=singular, a=article)
+
     def get_operation(self, *args, **kwargs):
         operation = super().get_operation(*args, **kwargs)
         if operation is None:
@@ -34,3 +93,87 @@ class AutoSchema(openapi.AutoSchema):
                 code, {"description": description, "content": {"application/json": {"schema": ERROR_BODY}}}
             )
         return operation
+
+
+def webhook_schema_name(event_type: str) -> str:
+    """The component naming the body POSTed for an event type: `agent.step.completed` ->
+    `AgentStepCompletedWebhook`."""
+    return "".join(part.capitalize() for part in event_type.replace("_", ".").split(".")) + "Webhook"
+
+
+def _field_types() -> dict[str, dict]:
+    """The schema of each `data` field, from the first example where it is not null, nullable if
+    it is null in any: `"error": None` in one example and `"tool call timed out"` in another make
+    a nullable string wherever `error` appears."""
+    types: dict[str, dict] = {}
+    nullable = set()
+    for _, example in catalog.EVENT_TYPES.values():
+        for key, value in example.items():
+            if value is None:
+                nullable.add(key)
+            elif key not in types:
+                types[key] = _example_schema(value)
+    for key in nullable:
+        types[key] = {**types.get(key, {"type": "string"}), "nullable": True}
+    return types
+
+
+def _example_schema(value) -> dict:
+    if value is None:
+        return {"type": "string", "nullable": True}
+    if isinstance(value, bool):
+        return {"type": "boolean"}
+    if isinstance(value, int):
+        return {"type": "integer"}
+    if isinstance(value, float):
+        return {"type": "number"}
+    if isinstance(value, str):
+        return {"type": "string"}
+    if isinstance(value, list):
+        return {"type": "array", "items": _example_schema(value[0]) if value else {}}
+    if not value:  # an empty example object (metadata): any keys
+        return {"type": "object", "additionalProperties": {}}
+    return {"type": "object", "properties": {key: _example_schema(item) for key, item in value.items()}}
+
+
+def webhook_schemas() -> dict[str, dict]:
+    """One schema per event type (webhooks/catalog.py) for the JSON body POSTed to an endpoint, so a
+    receiver can generate its types: the envelope, and `data` typed from the catalog's example."""
+    types = _field_types()
+    schemas = {}
+    for event_type, (description, example) in catalog.EVENT_TYPES.items():
+        schemas[webhook_schema_name(event_type)] = {
+            "type": "object",
+            "description": f"The body POSTed for `{event_type}`: {description}",
+            "properties": {
+                "event_id": {"type": "string", "description": "Unique; the same on every retry."},
+                "event_type": {"type": "string", "enum": [event_type]},
+                "timestamp": {"type": "string", "format": "date-time"},
+                "agent_id": {"type": "string", "nullable": True},
+                "organization_id": {"type": "string"},
+                # No "required" in data: an oversize event's stand-in keeps only its ids.
+                "data": {"type": "object", "properties": {key: types[key] for key in example}, "example": example},
+                "truncated": {
+                    "type": "boolean",
+                    "description": "Present (true) only when the event was too large: `data` then "
+                    "holds only its ids, and `payload_bytes` the size it had.",
+                },
+                "payload_bytes": {"type": "integer"},
+            },
+            "required": ["event_id", "event_type", "timestamp", "agent_id", "organization_id", "data"],
+        }
+    return schemas
+
+
+def describe(result, generator, request, public):
+    """Post-processing hook: the tags in the order of RESOURCES, each with its description; and a
+    schema per webhook body (webhook_schemas) among the components."""
+    used = {
+        tag
+        for operations in result.get("paths", {}).values()
+        for op in operations.values()
+        for tag in op.get("tags", [])
+    }
+    result["tags"] = [{"name": name, "description": text} for name, text in RESOURCES.items() if name in used]
+    result.setdefault("components", {}).setdefault("schemas", {}).update(webhook_schemas())
+    return result

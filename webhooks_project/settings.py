@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI as static files: /api/docs/ offline
     "agents_hooks",
     "webhooks",
     "deliveries",
@@ -64,6 +65,8 @@ MIDDLEWARE = [
     # First: an API body over API_MAX_BODY_BYTES is a 413 before anything reads it.
     "webhooks_project.api.body_limit_middleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin CSS) from STATIC_ROOT, as WhiteNoise asks: right after security.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -126,6 +129,48 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns on every start without it (before collectstatic)
+# WhiteNoise serves STATIC_ROOT from the app. In production, files under hashed names,
+# compressed and cached forever; that storage reads the manifest `collectstatic` writes, so
+# it needs `manage.py collectstatic` before start. Development and the tests (DEBUG) serve
+# the apps' own files unhashed, with nothing to collect.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# --- HTTPS (README "Production"; `check --deploy` passes with deploy/agent-webhooks.env.example)
+# Behind a TLS-terminating proxy, the header it sets and the value meaning "the client used
+# HTTPS", e.g. "HTTP_X_FORWARDED_PROTO,https". Set it only when the proxy always sets or
+# overwrites that header: Django then trusts it. Empty: requests are HTTPS only if they
+# arrive over TLS themselves.
+_proxy_ssl_header = env("DJANGO_SECURE_PROXY_SSL_HEADER", "list", [])
+if _proxy_ssl_header and (len(_proxy_ssl_header) != 2 or not _proxy_ssl_header[0].startswith("HTTP_")):
+    raise ImproperlyConfigured(
+        f"DJANGO_SECURE_PROXY_SSL_HEADER: expected 'HTTP_<HEADER>,<value>', e.g. 'HTTP_X_FORWARDED_PROTO,https',"
+        f" got {','.join(_proxy_ssl_header)!r}"
+    )
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl_header) or None
+# Plain-HTTP requests are redirected to HTTPS, except the probes and /metrics, which load
+# balancers and Prometheus call on the host's own address. False when the proxy redirects.
+SECURE_SSL_REDIRECT = env("DJANGO_SECURE_SSL_REDIRECT", "bool", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+# Strict-Transport-Security: browsers use only HTTPS for this long (seconds; 0: no header).
+# Subdomains and preload are opt-in: they bind hosts this service does not serve, and a
+# preload listing takes months to undo.
+SECURE_HSTS_SECONDS = env_positive("DJANGO_SECURE_HSTS_SECONDS", "int", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", "bool", False)
+SECURE_HSTS_PRELOAD = env("DJANGO_SECURE_HSTS_PRELOAD", "bool", False)
+# Session (admin login) and CSRF cookies only over HTTPS.
+SESSION_COOKIE_SECURE = env("DJANGO_SESSION_COOKIE_SECURE", "bool", not DEBUG)
+CSRF_COOKIE_SECURE = env("DJANGO_CSRF_COOKIE_SECURE", "bool", not DEBUG)
+# Origins (scheme://host[:port]) allowed to POST forms (the admin) besides the request's
+# own host, e.g. "https://hooks.example.com" when the proxy changes Host.
+CSRF_TRUSTED_ORIGINS = env("DJANGO_CSRF_TRUSTED_ORIGINS", "list", [])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -144,6 +189,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from our static files (drf-spectacular-sidecar), not a CDN: the docs work offline.
+    # Served by runserver in DEBUG, and by collectstatic + WhiteNoise in production.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # One tag per resource, described (webhooks_project/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "webhooks_project.schema.describe"],
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "agents_hooks.models.RunStatus",
         "StepStatusEnum": "agents_hooks.models.StepStatus",
