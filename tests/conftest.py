@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 
 from agents_hooks.models import Agent, Organization
-from tests.receiver import Receiver
+from tests.receiver import RawServer, Receiver
 from tests.support import AMQP_URL, Worker
 from webhooks.models import Endpoint
 
@@ -142,3 +142,19 @@ def make_endpoint(org, receiver):
         return Endpoint.objects.create(organization=org, **fields)
 
     return make
+
+
+@pytest.fixture
+def raw(settings):
+    """A maker of raw-socket receivers (tests.receiver.RawServer) on loopback, each scripted
+    by a `behaviour(conn)`, closed after the test."""
+    settings.WEBHOOK_ALLOWED_CIDRS = ["127.0.0.0/8"]
+    servers = []
+
+    def make(behaviour):
+        servers.append(RawServer(behaviour))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()

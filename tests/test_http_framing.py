@@ -18,7 +18,6 @@ from rest_framework.test import APIClient
 
 from agents_hooks.models import ApiKey
 from deliveries import transport
-from tests.receiver import RawServer
 
 hsettings.register_profile(
     "http-fuzz",
@@ -43,20 +42,6 @@ def post(server, timeout: float = 2, headers=None) -> transport.Response:
 
 def pooled(server) -> int:
     return sum(len(v) for k, v in transport._process().idle.items() if server.port in k)
-
-
-@pytest.fixture
-def raw(settings):
-    settings.WEBHOOK_ALLOWED_CIDRS = ["127.0.0.0/8"]
-    servers = []
-
-    def make(behaviour):
-        servers.append(RawServer(behaviour))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 @pytest.mark.parametrize("size", [b"-2", b"0x10", b"1_0", b"+10", b" 10", b"", b"g"])

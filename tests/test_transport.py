@@ -9,7 +9,6 @@ import time
 import pytest
 
 from deliveries import transport
-from tests.receiver import RawServer
 from tests.support import wait_until
 
 
@@ -23,20 +22,6 @@ def answer(raw: bytes):
 
 def post(server, path="/hook") -> transport.Response:
     return transport.post(f"http://127.0.0.1:{server.port}{path}", b'{"a": 1}', {}, timeout=2, connect_timeout=2)
-
-
-@pytest.fixture
-def raw(settings):
-    settings.WEBHOOK_ALLOWED_CIDRS = ["127.0.0.0/8"]
-    servers = []
-
-    def make(behaviour):
-        servers.append(RawServer(behaviour))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
 
 
 @pytest.mark.parametrize(
