@@ -22,8 +22,21 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 _env = environ.Env()
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
 def env(name: str, cast, default):
-    """Read one variable with `cast`; a bad value names the variable in the error."""
+    """Read one variable with `cast`; a bad value names the variable in the error.
+
+    Booleans are read strictly: django-environ takes any word it does not know ("maybe",
+    "ture") for false, which would switch a setting off without a word."""
+    if cast == "bool" and name in _env.ENVIRON:
+        raw = _env.str(name).strip().lower()
+        if not raw:
+            return default  # set but empty: as if unset
+        if raw not in _BOOLEANS:
+            raise ImproperlyConfigured(f"{name}: invalid value {raw!r} (expected true or false)")
+        return _BOOLEANS[raw]
     try:
         value = getattr(_env, cast)(name, default=default)
     except (ValueError, TypeError, environ.ImproperlyConfigured) as exc:
