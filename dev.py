@@ -10,6 +10,7 @@ Extra arguments after `test` go to pytest; after `up`, to `manage.py runall`.
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -28,14 +29,29 @@ def ensure_venv(requirements: str) -> None:
     source = ROOT / requirements
     wanted = "".join((ROOT / f).read_text() for f in ("requirements.txt", requirements))
     if not stamp.exists() or stamp.read_text() != wanted:
-        run([str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(source)])
+        install(source)
         stamp.write_text(wanted)
 
 
-def run(cmd: list[str]) -> None:
-    result = subprocess.run(cmd, cwd=ROOT)
-    if result.returncode:
-        sys.exit(result.returncode)
+def install(requirements: Path) -> None:
+    """pip install, showing one line per package as it goes (the first install takes a minute
+    or so: silence would look like a hang), and pip's whole output only if it fails."""
+    print(f"installing {requirements.name} into {VENV.name}/ (the first time takes a minute or so)", flush=True)
+    started = time.monotonic()
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off"]
+    proc = subprocess.Popen(
+        [*pip, "-r", str(requirements)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output, count = [], 0
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith(("Collecting ", "Processing ")):
+            count += 1
+            print(f"  [{count}] {line.split()[1]}", flush=True)
+    if proc.wait():
+        sys.stderr.write("".join(output))
+        sys.exit(f"pip install -r {requirements.name} failed (exit {proc.returncode}); its output is above")
+    print(f"installed in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def main() -> None:

@@ -8,13 +8,16 @@ inline sends `agent.tool.attached`.
 from django.contrib import admin, messages
 from django.db import models
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.text import Truncator
+
+from deliveries.admin import DeletesItsLog
 
 from .models import Agent, AgentTool, ApiKey, Job, Message, Organization, Run, Step, Tool, ToolExecution
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(DeletesItsLog, admin.ModelAdmin):
     list_display = ["name", "id", "created_at"]
     search_fields = ["name", "=id"]
     readonly_fields = ["id", "created_at"]
@@ -31,7 +34,7 @@ class AgentToolInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(DeletesItsLog, admin.ModelAdmin):
     list_display = ["name", "id", "organization", "created_at"]
     list_select_related = ["organization"]
     list_filter = ["organization"]
@@ -145,7 +148,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are issued here: the key is shown once, in the message after saving; only its
     hash is stored, so it can never be shown again."""
 
-    list_display = ["key_prefix", "name", "organization", "created_at", "last_used_at", "revoked"]
+    list_display = ["key_prefix", "name", "organization", "created_at", "last_used_at", "status"]
     list_select_related = ["organization"]
     list_filter = [RevokedFilter, "organization"]
     search_fields = ["key_prefix", "name", "organization__name"]
@@ -163,9 +166,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return []
         return ["key_prefix", "organization", "created_at", "last_used_at"]
 
-    @admin.display(description="revoked", boolean=True, ordering="revoked_at")
-    def revoked(self, obj) -> bool:
-        return obj.revoked_at is not None
+    @admin.display(description="status", ordering="revoked_at")
+    def status(self, obj) -> str:
+        """Active (green) or revoked and when: a red cross under "revoked" read as a problem."""
+        if obj.revoked_at is None:
+            return format_html('<strong style="color: #2e7d32">{}</strong>', "active")
+        revoked = timezone.localtime(obj.revoked_at).strftime("%Y-%m-%d %H:%M")
+        return format_html('<span style="color: #c62828">revoked {}</span>', revoked)
 
     def save_model(self, request, obj, form, change):
         if change:

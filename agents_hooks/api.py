@@ -4,11 +4,15 @@
 from django.db import IntegrityError, transaction
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from webhooks_project.filters import SearchFilter
+
+from . import filters as f
 from . import serializers as s
 from .auth import OrganizationScoped
 from .models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecution
@@ -29,6 +33,9 @@ class _CreateReadUpdate(
 class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
     queryset = Agent.objects.prefetch_related("tools").order_by("created_at")
     serializer_class = s.AgentSerializer
+    filterset_class = f.AgentFilter
+    filter_backends = [DjangoFilterBackend, SearchFilter]
+    search_fields = ["name"]
 
     def perform_create(self, serializer):
         serializer.save(organization=self.organization)
@@ -63,6 +70,9 @@ class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
 class ToolViewSet(OrganizationScoped, viewsets.ModelViewSet):
     queryset = Tool.objects.order_by("created_at")
     serializer_class = s.ToolSerializer
+    filterset_class = f.ToolFilter
+    filter_backends = [DjangoFilterBackend, SearchFilter]
+    search_fields = ["name", "description"]
 
     def perform_create(self, serializer):
         serializer.save(organization=self.organization)
@@ -71,12 +81,14 @@ class ToolViewSet(OrganizationScoped, viewsets.ModelViewSet):
 class RunViewSet(_CreateReadUpdate):
     queryset = Run.objects.order_by("created_at")
     serializer_class = s.RunSerializer
+    filterset_class = f.RunFilter
     organization_field = "agent__organization"
 
 
 class JobViewSet(_CreateReadUpdate):
     queryset = Job.objects.order_by("created_at")
     serializer_class = s.JobSerializer
+    filterset_class = f.JobFilter
 
     def perform_create(self, serializer):
         serializer.save(organization=self.organization)
@@ -85,16 +97,21 @@ class JobViewSet(_CreateReadUpdate):
 class StepViewSet(_CreateReadUpdate):
     queryset = Step.objects.order_by("created_at")
     serializer_class = s.StepSerializer
+    filterset_class = f.StepFilter
     organization_field = "agent__organization"
 
 
 class MessageViewSet(mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.ListModelMixin, _Scoped):
     queryset = Message.objects.order_by("created_at")
     serializer_class = s.MessageSerializer
+    filterset_class = f.MessageFilter
+    filter_backends = [DjangoFilterBackend, SearchFilter]
+    search_fields = ["content"]
     organization_field = "agent__organization"
 
 
 class ToolExecutionViewSet(_CreateReadUpdate):
     queryset = ToolExecution.objects.order_by("created_at")
     serializer_class = s.ToolExecutionSerializer
+    filterset_class = f.ToolExecutionFilter
     organization_field = "agent__organization"

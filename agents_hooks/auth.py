@@ -14,14 +14,36 @@ from .models import ApiKey, Organization
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer <api key>`, and nothing else. The other ways clients commonly send a
+    key (`Token <key>`, a bare key, `X-API-Key`) are a 401 saying what to send instead: ignoring
+    them would answer "credentials were not provided" to someone who did provide them."""
+
     keyword = "Bearer"
+    expected = "use 'Authorization: Bearer <api key>'"
 
     def authenticate(self, request):
         header = authentication.get_authorization_header(request).decode(errors="replace").split()
-        if not header or header[0] != self.keyword:
+        if header and header[0].lower() == self.keyword.lower():  # schemes are case-insensitive (RFC 9110)
+            return self._key(header)
+        if _logged_in(request):
+            return None  # the browsable API behind a proxy's Basic auth: the session decides
+        if not header:
+            if request.headers.get("X-API-Key"):
+                raise exceptions.AuthenticationFailed(f"X-API-Key is not read: {self.expected}")
             return None
+        scheme = header[0]
+        if scheme.startswith(ApiKey.PREFIX):
+            got = "a bare key"
+        elif len(header) == 1:
+            got = "a value with no scheme"  # not repeated: it may be a credential
+        else:
+            got = f"scheme '{scheme if len(scheme) <= 20 else scheme[:10] + '…'}'"
+        raise exceptions.AuthenticationFailed(f"{self.expected} (got {got})")
+
+    def _key(self, header: list[str]):
         if len(header) != 2:
-            raise exceptions.AuthenticationFailed("Authorization: expected 'Bearer <api key>'")
+            got = "no key" if len(header) == 1 else "spaces in the key"
+            raise exceptions.AuthenticationFailed(f"{self.expected} (got {got})")
         key = (
             ApiKey.objects.select_related("organization")
             .filter(key_hash=ApiKey.hash(header[1]), revoked_at__isnull=True)
@@ -34,6 +56,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+def _logged_in(request) -> bool:
+    """Whether the request carries a logged-in session (Django's AuthenticationMiddleware)."""
+    user = getattr(request._request, "user", None)
+    return bool(user and user.is_authenticated)
 
 
 class HasOrganization(permissions.BasePermission):

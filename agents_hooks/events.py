@@ -5,6 +5,12 @@ An event fires once, on the transition into a state. The receivers compare with 
 loaded from the database (cheap, in-process); the event's `dedupe_key` makes it hold across
 processes too: two concurrent terminal updates of one run race on a unique index, one wins.
 
+Each event is numbered in a stream (deliveries/streams.py): a run's, or its agent's outside
+runs. What belongs to a run: a step of a run, the run's own end, a message or a tool execution
+of a step of a run (`run_of_step`). Everything else with an agent is in the agent's stream: a
+step without a run, a message or tool execution without a step (or of a step without a run),
+tool attach/detach, a job's end (jobs have no run). A job without an agent has no sequence.
+
 `too_large_for_its_event` is what the API asks before it saves: the event an object would
 publish, measured as `publish` will record it.
 """
@@ -38,6 +44,7 @@ def step_finished(step: Step) -> None:
         STEP_EVENT_TYPES[step.status],
         organization=step.agent.organization_id,
         agent=step.agent_id,
+        run=step.run_id,
         data=_step_data(step),
         dedupe_key=f"{step.id}:finished",
         targets=targets,
@@ -64,6 +71,7 @@ def run_finished(run: Run) -> None:
         "agent.run.completed",
         organization=run.agent.organization_id,
         agent=run.agent_id,
+        run=run.id,
         data=data,
         dedupe_key=f"{run.id}:finished",
         targets=targets,
@@ -100,6 +108,7 @@ def message_sent(message: Message) -> None:
         "agent.message.sent",
         organization=message.agent.organization_id,
         agent=message.agent_id,
+        run=run_of_step(message),
         data=_message_data(message),
         dedupe_key=f"{message.id}:sent",
     )
@@ -107,6 +116,16 @@ def message_sent(message: Message) -> None:
 
 def _message_data(message: Message) -> dict:
     return {"message_id": message.id, "role": message.role, "content": message.content, "step_id": message.step_id}
+
+
+def run_of_step(obj: Message | ToolExecution) -> str | None:
+    """The run of the step `obj` belongs to, if any: from the step when it is loaded already (as
+    the API and `create(step=step)` leave it), else one small query."""
+    if obj.step_id is None:
+        return None
+    if type(obj).step.is_cached(obj):
+        return obj.step.run_id
+    return Step.objects.filter(pk=obj.step_id).values_list("run_id", flat=True).first()
 
 
 def tool_attachment_changed(attachment: AgentTool, attached: bool) -> None:
@@ -123,6 +142,7 @@ def tool_execution_finished(execution: ToolExecution) -> None:
         "tool.execution.completed",
         organization=execution.agent.organization_id,
         agent=execution.agent_id,
+        run=run_of_step(execution),
         data={
             "tool_execution_id": execution.id,
             "tool_id": execution.tool_id,
@@ -171,12 +191,23 @@ def too_large_for_its_event(obj) -> tuple[str, str] | None:
         if encoded_size(dumps(getattr(obj, field))) + ENVELOPE_REST_MAX <= limit:
             return None
         organization = obj.organization_id if isinstance(obj, Job) else obj.agent.organization_id
-        size = envelope_size(event_type, organization=organization, agent=obj.agent_id, data=build(obj))
+        size = envelope_size(event_type, organization=organization, agent=obj.agent_id, run=_run(obj), data=build(obj))
     except Exception as exc:  # what publish could not record either (an integer over 64 bits)
         return field, f"cannot be sent in a webhook event: {exc}"
     if size + GROWTH <= limit:
         return None
     return field, f"too large for its {event_type} event: {size} bytes, over WEBHOOK_MAX_PAYLOAD_BYTES ({limit})"
+
+
+def _run(obj) -> str | None:
+    """The run whose stream `obj`'s event is numbered in (see the module's docstring)."""
+    if isinstance(obj, Run):
+        return obj.id
+    if isinstance(obj, Step):
+        return obj.run_id
+    if isinstance(obj, Message | ToolExecution):
+        return run_of_step(obj)
+    return None
 
 
 def record_callback_attempt(delivery, attempt) -> None:

@@ -2,6 +2,7 @@
 
     python bench/ours.py throughput -n 2000 --endpoints 10     # 20,000 deliveries
     python bench/ours.py throughput -n 2000 --workers 1        # scale: one worker process
+    python bench/ours.py throughput -n 500 --endpoints 100 --filters   # every endpoint with a content filter
     python bench/ours.py throughput -n 2000 --broker amqp://guest:guest@127.0.0.1:5672//
     python bench/ours.py overhead --saves 2000 --endpoints 10
     python bench/ours.py latency --rate 200 --seconds 10
@@ -178,15 +179,28 @@ class RssSampler:
                 "samples": len(self.samples)}  # fmt: skip
 
 
-def make_org(endpoints: int, port: int, secret: str, extra_urls: tuple[str, ...] = ()):
+# --filters: what a receiver of finished steps might ask for, and every step here passes it (so
+# the deliveries, and the work of sending them, are the same as without): three conditions of
+# three kinds over the envelope, one nested, as the filter fan-out evaluates per event and endpoint.
+BENCH_FILTER = {
+    "and": [
+        {"path": "event_type", "in": ["agent.step.completed", "agent.step.failed"]},
+        {"or": [{"path": "data.status", "eq": "success"}, {"path": "data.usage.total_tokens", "gt": 10000}]},
+        {"not": {"path": "data.error", "exists": True}},
+    ]
+}
+
+
+def make_org(endpoints: int, port: int, secret: str, extra_urls: tuple[str, ...] = (), filter: dict | None = None):
     """An organization with one agent and `endpoints` endpoints on the receiver at `port`,
-    plus one endpoint per URL in `extra_urls` (another receiver); every one takes every event."""
+    plus one endpoint per URL in `extra_urls` (another receiver); every one takes every event
+    (with `filter`, each through that content filter, which every step passes)."""
     from agents_hooks.models import Agent, Organization
 
     org = Organization.objects.create(name="bench")
     agent = Agent.objects.create(organization=org, name="bench")
     urls = [f"http://127.0.0.1:{port}/ep{i}" for i in range(endpoints)] + list(extra_urls)
-    add_endpoints(org, urls, secret)
+    add_endpoints(org, urls, secret, filter=filter)
     return agent
 
 
@@ -204,12 +218,14 @@ def make_scoped_org(endpoints: int, port: int, secret: str, shared_url: str) -> 
     return agents
 
 
-def add_endpoints(org, urls: list[str], secret: str, agents: list | None = None) -> None:
+def add_endpoints(org, urls: list[str], secret: str, agents: list | None = None, filter: dict | None = None) -> None:
     from webhooks.models import Endpoint
 
     eps = []
     for i, url in enumerate(urls):
         ep = Endpoint(organization=org, url=url, agent=agents[i] if agents else None)
+        if filter is not None:
+            ep.filter = filter
         ep.secret = secret
         eps.append(ep)
     Endpoint.objects.bulk_create(eps)
@@ -278,7 +294,7 @@ def throughput(args) -> dict:
     total = args.n * args.endpoints
     with harness.receiver({"*": secret}) as port:
         reset_data()
-        agent = make_org(args.endpoints, port, secret)
+        agent = make_org(args.endpoints, port, secret, filter=BENCH_FILTER if args.filters else None)
         worker = Worker(args.workers, extra_env=args.worker_env) if args.mode == "live" else None
         cpu0 = worker.cpu_seconds() if worker else 0.0
         try:
@@ -301,6 +317,7 @@ def throughput(args) -> dict:
             t0 = stats["first"] or t0
         return {
             "scenario": f"throughput-{args.mode}",
+            "filters": args.filters,
             "workers": args.workers,
             "broker": ENV["CELERY_BROKER_URL"].split("://", 1)[0],
             "deliveries": total,
@@ -881,6 +898,10 @@ def main() -> None:
     parser.add_argument("--sample-interval", type=float, help="seconds between RSS samples (backlog 0.25, outage 1)")
     parser.add_argument("--timeout", type=float, help="seconds to wait for deliveries (default 300; isolation 60)")
     parser.add_argument("--mode", choices=["live", "drain"], default="live")
+    parser.add_argument(
+        "--filters", action="store_true",
+        help="throughput: every endpoint has a content filter (BENCH_FILTER) that every step passes",
+    )  # fmt: skip
     parser.add_argument("--agents", type=int, default=4, help="concurrent publishing threads (throughput, backlog)")
     parser.add_argument(
         "--vacuum-every", type=float, default=20.0,

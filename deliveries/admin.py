@@ -1,27 +1,38 @@
 """Admin for the delivery log: events, deliveries and their attempts, read-only.
 
-The log is a record: nothing here edits a row. The one write is the "retry" action, which
-calls `recovery.retry_delivery` like the API. Event bodies can be large, so lists
-never load them; filters are on indexed or enumerated columns only.
+The log is a record: nothing here edits or deletes a row (not even a superuser: rows go only
+with their endpoint or organization, or when `purge_attempts` ages them out). The one write is
+"retry" (the action, and the button on a delivery's page), which calls
+`recovery.retry_delivery` like the API. Event bodies can be large, so lists never load them;
+filters are on indexed or enumerated columns only, and tables this big are not counted whole.
 """
 
+import datetime
 import json
 
 from django.contrib import admin, messages
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import quote, unquote
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
-from django.urls import reverse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.timezone import localtime
 
 from webhooks.catalog import EVENT_TYPES
+from webhooks.models import Endpoint
 
 from .models import Attempt, Delivery, DeliveryStatus, Event
 from .recovery import NotRetryable, retry_delivery
 
 # The index page with a link to the statistics charts (/admin/stats/, deliveries/dashboard.py) on top.
 admin.site.index_template = "admin/deliveries/index.html"
+# No app list down the left of every page: it took 300 px of a 1400 px screen from the lists,
+# which then had to scroll sideways. The breadcrumbs and the index lead everywhere it did.
+admin.site.enable_nav_sidebar = False
 
 STATUS_COLOURS = {
     DeliveryStatus.SUCCEEDED: "#2e7d32",
@@ -53,6 +64,37 @@ def when(moment) -> str:
     return localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
 
 
+def until(moment, now: datetime.datetime | None = None) -> str:
+    """How far `moment` is from now, to the second: "in 4 min 12 s", "overdue by 3 s", "due now"."""
+    seconds = round((moment - (now or timezone.now())).total_seconds())
+    if seconds == 0:
+        return "due now"
+    span = []
+    rest = abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if rest >= size or (unit == "s" and not span):
+            span.append(f"{rest // size} {unit}")
+            rest %= size
+    span = " ".join(span[:2])  # "2 h 5 min", not "2 h 5 min 12 s"
+    return f"in {span}" if seconds > 0 else f"overdue by {span}"
+
+
+def next_attempt(delivery) -> str:
+    """When a pending delivery's next attempt is due, to the second and from now."""
+    if delivery.status != DeliveryStatus.PENDING:
+        return "—"
+    if delivery.next_attempt_at is None:
+        return "held (endpoint disabled)"
+    return format_html(
+        '{}<br><span class="quiet">{}</span>', when(delivery.next_attempt_at), until(delivery.next_attempt_at)
+    )
+
+
+def shortened(url: str, chars: int = 48) -> str:
+    """A long URL cut short for a list's column; the whole of it in the tooltip."""
+    return format_html('<span title="{}">{}</span>', url, Truncator(url).chars(chars))
+
+
 def admin_link(obj, label=None) -> str:
     if obj is None:
         return "—"
@@ -60,8 +102,22 @@ def admin_link(obj, label=None) -> str:
     return format_html('<a href="{}">{}</a>', url, label if label is not None else obj)
 
 
+class CountsWhenFiltered(ChangeList):
+    """A log list's count: with `show_full_result_count` off (no COUNT of the whole table),
+    Django shows "7 results (Show all)" even when nothing is filtered; shown only when a
+    filter or a search is applied, since only then is there an "all" to go back to."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        if self.full_result_count is None and not self.query and not self.get_filters_params():
+            self.full_result_count = self.result_count  # the same: nothing is filtered
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """Log rows: viewable, never added or edited here; a superuser may delete."""
+    """Log rows: viewable, never added, edited or deleted here (by anyone, superusers too)."""
+
+    def get_changelist(self, request, **kwargs):
+        return CountsWhenFiltered
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -70,7 +126,21 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
-        return request.user.is_superuser
+        return False
+
+
+LOG_MODELS = (Event, Delivery, Attempt)
+
+
+class DeletesItsLog:
+    """For the admins of rows that own log rows (an endpoint its deliveries, an organization its
+    events): deleting one deletes its log, as the API's DELETE does, although log rows cannot be
+    deleted on their own (`ReadOnlyAdmin`)."""
+
+    def get_deleted_objects(self, objs, request):
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        log = {str(model._meta.verbose_name) for model in LOG_MODELS}
+        return deleted, counts, {name for name in perms_needed if str(name) not in log}, protected
 
 
 class EventTypeFilter(admin.SimpleListFilter):
@@ -91,7 +161,7 @@ class EventTypeFilter(admin.SimpleListFilter):
 
 class DeliveryInline(admin.TabularInline):
     model = Delivery
-    fields = ["delivery", "kind", "target", "status_", "attempt_count", "last_status_code", "next_attempt_at"]
+    fields = ["delivery", "kind", "target", "status_", "attempt_count", "last_status_code", "next_attempt_"]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -117,6 +187,35 @@ class DeliveryInline(admin.TabularInline):
     @admin.display(description="status")
     def status_(self, obj) -> str:
         return status_badge(obj.status)
+
+    @admin.display(description="next attempt")
+    def next_attempt_(self, obj) -> str:
+        return next_attempt(obj)
+
+
+class EndpointFilter(admin.SimpleListFilter):
+    """One endpoint's deliveries. Lists only the endpoint chosen (from its page's "Deliveries"
+    button or its success rate in the endpoint list), never every endpoint: there may be
+    thousands. The search box finds deliveries by endpoint URL."""
+
+    title = "endpoint"
+    parameter_name = "endpoint__id__exact"  # the links' parameter since Django's own filter
+    template = "admin/deliveries/endpoint_filter.html"
+
+    def lookups(self, request, model_admin):
+        value = self.value()
+        if not value:
+            return []
+        url = Endpoint.objects.filter(pk=value).values_list("url", flat=True).first()
+        return [(value, Truncator(url).chars(40) if url else value)]
+
+    def has_output(self):
+        return True  # the hint shows even with no endpoint chosen
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(endpoint_id=self.value())
+        return queryset
 
 
 class FannedOutFilter(admin.SimpleListFilter):
@@ -188,10 +287,10 @@ class AttemptInline(admin.TabularInline):
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = ["created", "event_type", "target", "status_", "attempts", "last_status_code", "next_attempt"]
+    list_display = ["created", "event_type", "target", "status_", "attempts", "last_answer", "next_attempt"]
     list_display_links = ["created"]
     list_select_related = ["event", "endpoint"]
-    list_filter = ["status", "kind", EventTypeFilter, "endpoint"]
+    list_filter = ["status", "kind", EventTypeFilter, EndpointFilter]
     search_fields = ["=id", "=event__id", "endpoint__url", "url"]
     ordering = ["-pk"]  # creation order, on the primary key index
     show_full_result_count = False
@@ -206,22 +305,15 @@ class DeliveryAdmin(ReadOnlyAdmin):
             return queryset.filter(pk=int(term)), False
         return super().get_search_results(request, queryset, search_term)
 
-    PROGRESS = [
-        "attempt_count",
-        "series_start",
-        "next_attempt_at",
-        "last_attempt_at",
-        "last_status_code",
-        "last_error",
-        "created_at",
-        "finished_at",
-    ]
+    # What an operator asks of a delivery; the worker's bookkeeping (series start, lease, rate
+    # limit slot) stays out of sight. Times to the second.
+    PROGRESS = ["attempts", "next_attempt", "last_attempt", "last_answer", "last_error_", "created", "finished"]
     fieldsets = [
-        (None, {"fields": ["event_link", "kind", "target", "status_"]}),
+        (None, {"fields": ["event_link", "event_type", "kind", "full_target", "status_"]}),
         ("Progress", {"fields": PROGRESS}),
         ("Payload", {"fields": ["payload"], "classes": ["collapse"]}),
     ]
-    readonly_fields = ["event_link", "kind", "target", "status_", *PROGRESS, "payload"]
+    readonly_fields = ["event_link", "event_type", "kind", "full_target", "status_", *PROGRESS, "payload"]
 
     def get_queryset(self, request):
         # Bodies are up to WEBHOOK_MAX_PAYLOAD_BYTES each: a page of them is not loaded for a list.
@@ -230,6 +322,36 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def has_retry_permission(self, request) -> bool:
         return request.user.has_perm("deliveries.change_delivery")
 
+    def get_urls(self):
+        retry = self.admin_site.admin_view(self.retry_view)  # admin_view checks the CSRF token
+        return [path("<path:object_id>/retry/", retry, name="deliveries_delivery_retry"), *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_retry": self.has_retry_permission(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def retry_view(self, request, object_id):
+        """The "Retry now" button on a delivery's page: `recovery.retry_delivery`, as the API's
+        retry, then back to the page with what became of it."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        delivery = self.get_object(request, unquote(object_id))
+        if delivery is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_retry_permission(request):
+            raise PermissionDenied
+        was = delivery.status
+        try:
+            retry_delivery(delivery)
+        except NotRetryable as exc:
+            self.message_user(request, f"Not retried: {refusal(exc)}", messages.ERROR)
+        else:
+            how = "its next attempt is made now" if was == DeliveryStatus.PENDING else "a new series of attempts starts"
+            self.message_user(
+                request, f"Retrying delivery {delivery.pk} now: {how}. Reload to see the attempt.", messages.SUCCESS
+            )
+        return HttpResponseRedirect(reverse("admin:deliveries_delivery_change", args=[quote(delivery.pk)]))
+
     @admin.display(description="event type", ordering="event__type")
     def event_type(self, obj) -> str:
         return obj.event.type
@@ -237,8 +359,14 @@ class DeliveryAdmin(ReadOnlyAdmin):
     @admin.display(description="endpoint / URL")
     def target(self, obj) -> str:
         if obj.endpoint_id:
+            return admin_link(obj.endpoint, shortened(obj.endpoint.url))
+        return format_html("{} ({})", shortened(obj.url), obj.get_kind_display())
+
+    @admin.display(description="endpoint / URL")
+    def full_target(self, obj) -> str:
+        if obj.endpoint_id:
             return admin_link(obj.endpoint, obj.endpoint.url)
-        return f"{obj.url} ({obj.get_kind_display()})"
+        return obj.url
 
     @admin.display(description="status", ordering="status")
     def status_(self, obj) -> str:
@@ -248,15 +376,31 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def attempts(self, obj) -> int:
         return obj.attempt_count
 
+    @admin.display(description="last answer", ordering="last_status_code")
+    def last_answer(self, obj) -> str:
+        if obj.last_status_code is not None:
+            return f"HTTP {obj.last_status_code}"
+        return "no answer" if obj.last_attempt_at else "—"
+
     @admin.display(description="next attempt", ordering="next_attempt_at")
-    def next_attempt(self, obj):
-        if obj.status != DeliveryStatus.PENDING:
-            return "—"
-        return when(obj.next_attempt_at) if obj.next_attempt_at else "held (endpoint disabled)"
+    def next_attempt(self, obj) -> str:
+        return next_attempt(obj)
+
+    @admin.display(description="last attempt at")
+    def last_attempt(self, obj) -> str:
+        return when(obj.last_attempt_at)
 
     @admin.display(description="created at", ordering="pk")
     def created(self, obj) -> str:
         return when(obj.created_at)
+
+    @admin.display(description="last error")
+    def last_error_(self, obj) -> str:
+        return obj.last_error or "—"
+
+    @admin.display(description="finished at")
+    def finished(self, obj) -> str:
+        return when(obj.finished_at)
 
     @admin.display(description="event")
     def event_link(self, obj) -> str:
@@ -285,6 +429,16 @@ class DeliveryAdmin(ReadOnlyAdmin):
         for reason, pks in refused.items():
             why = "held until its endpoint is enabled" if reason == NotRetryable.HELD else reason
             self.message_user(request, f"Not retried, {why}: delivery {', '.join(pks)}.", messages.WARNING)
+
+
+def refusal(exc: NotRetryable) -> str:
+    """Why a delivery was not retried, in an operator's words (the API's are for its callers)."""
+    return {
+        NotRetryable.SUCCEEDED: "this delivery already succeeded, so it is not sent again.",
+        NotRetryable.HELD: "this delivery is held because its endpoint is disabled; enable the endpoint to send it "
+        "(with its other held deliveries).",
+        NotRetryable.IN_PROGRESS: "an attempt of this delivery is being made right now; reload to see it.",
+    }.get(exc.reason, f"{exc}.")
 
 
 class OutcomeFilter(admin.SimpleListFilter):

@@ -1,67 +1,29 @@
 """REST API for the delivery log: events, deliveries with their attempts, manual retry, and the
 service-wide statistics (staff only)."""
 
-import datetime
-
 import django_filters
-from django.core.exceptions import ValidationError
-from django_filters.fields import IsoDateTimeField
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import filters, permissions, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents_hooks.auth import OrganizationScoped
 from webhooks_project.schema import ERROR_BODY
 
-from . import recovery, stats
+from . import feed, publishing, recovery, stats
 from . import serializers as s
-from .models import Delivery, DeliveryKind, DeliveryStatus, Event
+from .filters import DeliveryFilter, EventFilter
+from .models import Delivery, DeliveryKind, Event
 
-
-class UTCIsoDateTimeField(IsoDateTimeField):
-    """ISO 8601, in UTC: Python accepts offsets up to ±23:59, PostgreSQL only up to ±15:59 (a 500),
-    and a time that UTC cannot hold (year 1 minus an offset) is invalid."""
-
-    def to_python(self, value):
-        parsed = super().to_python(value)
-        if parsed is None:
-            return None
-        try:
-            return parsed.astimezone(datetime.UTC)
-        except OverflowError:
-            raise ValidationError(self.error_messages["invalid"], code="invalid") from None
-
-
-class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
-    field_class = UTCIsoDateTimeField
-
-
-class EventFilter(django_filters.FilterSet):
-    event_type = django_filters.CharFilter(field_name="type")
-    agent = django_filters.CharFilter(field_name="agent_id")
-    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-
-    class Meta:
-        model = Event
-        fields = ["event_type", "agent", "created_after", "created_before"]
-
-
-class DeliveryFilter(django_filters.FilterSet):
-    webhook = django_filters.CharFilter(field_name="endpoint_id")
-    status = django_filters.ChoiceFilter(choices=DeliveryStatus.choices)
-    kind = django_filters.ChoiceFilter(choices=DeliveryKind.choices)
-    event = django_filters.CharFilter(field_name="event_id")
-    event_type = django_filters.CharFilter(field_name="event__type")
-    agent = django_filters.CharFilter(field_name="event__agent_id")
-    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-
-    class Meta:
-        model = Delivery
-        fields = ["webhook", "status", "kind", "event", "event_type", "agent", "created_after", "created_before"]
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="Any unique string of yours (1-255 printable ASCII characters), e.g. a UUID: a retried publish "
+    "with the same key and body answers the first event (200) instead of publishing it again, for 24 hours.",
+)
 
 
 class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
@@ -70,6 +32,79 @@ class EventViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
     filterset_class = EventFilter
     filter_backends = [django_filters.rest_framework.DjangoFilterBackend, filters.OrderingFilter]
     ordering_fields = ["created_at"]
+
+    @extend_schema(
+        request=s.PublishSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={
+            201: OpenApiResponse(s.EventSerializer, description="Published: delivered to every subscribed endpoint."),
+            200: OpenApiResponse(
+                s.EventSerializer,
+                description="A retry (same Idempotency-Key, same body, within 24 hours): the event published by the "
+                "first request, not published again.",
+            ),
+            409: OpenApiResponse(ERROR_BODY, description="The Idempotency-Key was used with another body."),
+            413: OpenApiResponse(
+                ERROR_BODY,
+                description="The request body is over API_MAX_BODY_BYTES, or the event would be over "
+                "WEBHOOK_MAX_PAYLOAD_BYTES: nothing was published.",
+            ),
+            503: OpenApiResponse(ERROR_BODY, description="The event could not be recorded; nothing was published."),
+        },
+    )
+    def create(self, request, *args, **kwargs):
+        """Publish an event of a type your organization registered (POST /api/v1/event-types/): it is
+        signed and delivered to every endpoint subscribed to it, like the platform's own events.
+        `data` must be a JSON object satisfying the type's schema (a 400 names each failing path in
+        it, `$.amount: ...`). With an `Idempotency-Key` header, a retry with the same key and body
+        within 24 hours answers 200 with the event of the first request instead of publishing again,
+        and the key with another body is a 409."""
+        key = request.headers.get("Idempotency-Key")
+        try:
+            key = None if key is None else publishing.check_key(key)
+        except ValueError as exc:
+            raise ValidationError({"Idempotency-Key": [str(exc)]}) from exc
+        fingerprint = publishing.fingerprint(request.data)
+        try:
+            published = publishing.replay(self.organization, key, fingerprint) if key else None
+            if published is None:
+                body = s.PublishSerializer(data=request.data, context=self.get_serializer_context())
+                body.is_valid(raise_exception=True)
+                fields = body.validated_data
+                published = publishing.publish_event(
+                    self.organization, fields["event_type"].name, data=fields["data"], agent=fields.get("agent"),
+                    idempotency_key=key, body_fingerprint=fingerprint,
+                )  # fmt: skip
+        except publishing.KeyReused as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        except publishing.TooLarge as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        except publishing.NotRecorded as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        answer = status.HTTP_200_OK if published.replayed else status.HTTP_201_CREATED
+        return Response(s.EventSerializer(published.event).data, status=answer)
+
+    @extend_schema(
+        parameters=[s.FeedQuerySerializer],
+        responses={200: s.FeedSerializer, 400: OpenApiResponse(ERROR_BODY, description="A parameter is wrong.")},
+    )
+    @action(detail=False, methods=["get"], filter_backends=[], pagination_class=None)
+    def feed(self, request):
+        """The pull feed: your organization's events in the order they were committed, for receivers
+        that cannot take a POST. Pass each answer's `next` back as `after`; with `wait`, an answer
+        comes as soon as there is an event (a long poll). With `endpoint` (a pull endpoint), only the
+        events it subscribes to, each with the signed headers of a POST to it: what `listen` forwards."""
+        query = s.FeedQuerySerializer(data=request.query_params, context=self.get_serializer_context())
+        query.is_valid(raise_exception=True)
+        options = query.validated_data
+        try:
+            page = feed.read(
+                self.organization.pk, after=options.get("after"), limit=options["limit"], wait=options["wait"],
+                endpoint=options.get("endpoint"),
+            )  # fmt: skip
+        except feed.BadCursor as exc:
+            raise ValidationError({"after": [str(exc)]}) from exc
+        return Response(feed.as_json(page))
 
 
 class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):

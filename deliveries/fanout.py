@@ -19,6 +19,10 @@ with a 0.25 s threshold to ~45 ms with none).
 An event over WEBHOOK_MAX_PAYLOAD_BYTES (recorded with a stand-in body, `oversize_bytes` set)
 still gets its seed targets' deliveries; those to its endpoints are created already `failed`,
 saying why, with no attempt: visible in the log and counted, never sent.
+
+An endpoint's content filter (webhooks/content_filter.py) is compiled once per batch, when its
+row is loaded, and an event's body is parsed at most once, only if an endpoint in scope has a
+filter: no query, and no cost for endpoints without one.
 """
 
 import datetime
@@ -29,7 +33,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from webhooks.models import Endpoint
+from webhooks.content_filter import Envelope
+from webhooks.models import Endpoint, EndpointKind
 
 from . import metrics
 from .models import Delivery, DeliveryStatus, Event
@@ -122,14 +127,28 @@ def _too_large(event: Event, endpoint: Endpoint, now: datetime.datetime) -> Deli
 
 
 def _active_endpoints(organization_ids: set[str]) -> dict[str, list[Endpoint]]:
+    """Endpoints that are POSTed to: active, and not pull (those read the feed: feed.py)."""
     by_org: dict[str, list[Endpoint]] = {org: [] for org in organization_ids}
-    for ep in Endpoint.objects.filter(organization_id__in=organization_ids, is_active=True):
+    for ep in Endpoint.objects.filter(organization_id__in=organization_ids, is_active=True, kind=EndpointKind.PUSH):
         by_org[ep.organization_id].append(ep)
     return by_org
 
 
+def explicit_endpoints(event: Event) -> list[str]:
+    """The endpoints an event names itself (a test event names its one), instead of subscriptions."""
+    return [t["endpoint"] for t in event.targets if "endpoint" in t]
+
+
 def _destinations(event: Event, endpoints: dict[str, list[Endpoint]]) -> list[Endpoint]:
-    explicit = [t["endpoint"] for t in event.targets if "endpoint" in t]
-    if explicit:  # a test event names its one endpoint, active or not
-        return list(Endpoint.objects.filter(pk__in=explicit, organization_id=event.organization_id))
-    return [ep for ep in endpoints[event.organization_id] if ep.receives(event.type, event.agent_id)]
+    if explicit := explicit_endpoints(event):  # a test event names its one endpoint, active or not
+        named = Endpoint.objects.filter(pk__in=explicit, organization_id=event.organization_id)
+        return list(named.filter(kind=EndpointKind.PUSH))
+    envelope = envelope_of(event)
+    return [ep for ep in endpoints[event.organization_id] if ep.receives(event.type, event.agent_id, envelope)]
+
+
+def envelope_of(event: Event) -> Envelope | None:
+    """What content filters see: the envelope, parsed once for all endpoints and only if one
+    asks; None for an oversize event, whose stand-in has no data to filter on (each endpoint in
+    scope records why)."""
+    return Envelope(event.body) if event.oversize_bytes is None else None

@@ -22,6 +22,27 @@ def new_event_id() -> str:
     return "evt_" + "".join(reversed(chars))
 
 
+class CurrentTransactionId(models.Func):
+    """The inserting transaction's id, as the column default of `Event.xid` on PostgreSQL
+    (NULL on SQLite, whose feed reads rowid: deliveries/feed.py says why)."""
+
+    output_field = models.BigIntegerField()
+
+    def as_sql(self, compiler, connection, **extra):
+        return "NULL", []
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return "(pg_current_xact_id()::text::bigint)", []
+
+
+RUN_ID_HELP = "The run the event belongs to; null for an event outside runs."
+SEQUENCE_HELP = (
+    "The event's number in its stream: its run's (1, 2, 3... with no gaps), or for an event outside runs its "
+    "agent's; null for an event of neither (organization-level, operational, test)."
+)
+PREVIOUS_EVENT_HELP = "The id of the event numbered sequence - 1 in the same stream; null for the first."
+
+
 class Event(models.Model):
     id = models.CharField(primary_key=True, max_length=40, default=new_event_id, editable=False)
     type = models.CharField(max_length=100)
@@ -46,6 +67,17 @@ class Event(models.Model):
     # `body` then holds a stand-in without the data (deliveries/events.py), which endpoints
     # are never sent: their deliveries are created failed, saying why (fanout.py).
     oversize_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    # The id of the transaction that recorded the event (PostgreSQL; set by the database):
+    # the pull feed's order, safe against transactions committing out of order.
+    xid = models.BigIntegerField(null=True, blank=True, editable=False, db_default=CurrentTransactionId())
+    # The event's place in its stream (deliveries/streams.py): its run's, or, outside a run, its
+    # agent's. `sequence` counts 1, 2, 3... per stream with no gaps; `previous_event_id` is the
+    # event numbered sequence - 1 (NULL for 1). All NULL for an event of neither (an
+    # organization's, an operational one, a test). Not indexed: publishing pays for no index.
+    # (A plain bigint: a CHECK >= 0 would make adding the column scan the table.)
+    run_id = models.CharField(max_length=64, null=True, blank=True, help_text=RUN_ID_HELP)
+    sequence = models.BigIntegerField(null=True, blank=True, help_text=SEQUENCE_HELP)
+    previous_event_id = models.CharField(max_length=40, null=True, blank=True, help_text=PREVIOUS_EVENT_HELP)
 
     class Meta:
         # Every publishing save inserts a row here: only the indexes something reads. (Django's
@@ -56,10 +88,28 @@ class Event(models.Model):
             models.Index(fields=["created_at"], name="event_created"),
             models.Index(fields=["type"], name="event_type"),
             models.Index(fields=["agent"], name="event_agent"),
+            models.Index(fields=["organization", "xid", "id"], name="event_feed"),
         ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.id}"
+
+
+class StreamCounter(models.Model):
+    """Where a stream (a run, or an agent's events outside runs) stands: its last sequence
+    number and event. Publishing moves it on in the publishing transaction with one upsert
+    (deliveries/streams.py), whose row lock makes concurrent publishers of one stream take
+    turns, and whose rollback gives the number back."""
+
+    key = models.CharField(primary_key=True, max_length=80)  # "run:<run id>" or "agent:<agent id>"
+    last_sequence = models.PositiveBigIntegerField()
+    last_event_id = models.CharField(max_length=40, null=True)
+    # The last_event_id that the last move replaced: what the upsert hands back as the new
+    # event's previous_event_id (RETURNING sees only the row's new values).
+    previous_event_id = models.CharField(max_length=40, null=True)
+
+    def __str__(self) -> str:
+        return f"{self.key} at {self.last_sequence}"
 
 
 class DeliveryKind(models.TextChoices):
@@ -170,3 +220,26 @@ class Heartbeat(models.Model):
         )
         if prune:
             cls.objects.filter(at__lt=now - datetime.timedelta(days=1)).delete()
+
+
+class PublishIdempotencyKey(models.Model):
+    """An `Idempotency-Key` sent with `POST /api/v1/events/`, and the event it published: a
+    retried publish with the same key and body answers that event again (deliveries/publishing.py).
+    Unique per organization, so of concurrent publishes with one key only one records an event;
+    kept for KEPT_FOR, then purged by beat (`recovery.purge_idempotency_keys`)."""
+
+    KEPT_FOR = datetime.timedelta(hours=24)  # Stripe's window: a retry comes within a day or never
+
+    organization = models.ForeignKey("agents_hooks.Organization", on_delete=models.CASCADE, db_index=False)
+    key = models.CharField(max_length=255)
+    # sha256 of the request (event type, agent, data) in canonical JSON: a different body is a 409.
+    fingerprint = models.CharField(max_length=64)
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "key"], name="publish_key_per_org")]
+        indexes = [models.Index(fields=["created_at"], name="publish_key_created")]
+
+    def __str__(self) -> str:
+        return f"idempotency key {self.key!r} -> {self.event_id}"

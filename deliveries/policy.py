@@ -100,9 +100,20 @@ def _seconds(item, position: int) -> int:
         return item
     if isinstance(item, float) and item.is_integer():
         return int(item)
-    text = item.strip().lower() if isinstance(item, str) else ""
+    try:
+        return parse_duration(item if isinstance(item, str) else "")
+    except ValueError:
+        raise ScheduleError(
+            f'wait {position}: {item!r} is not a whole number of seconds or a duration like "5m"'
+        ) from None
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a duration as people write it: "300", "5m", "1h30m", "2d" (`format_seconds`
+    writes them so). Raises ValueError for anything else."""
+    text = text.strip().lower()
     if not _DURATION.fullmatch(text):
-        raise ScheduleError(f'wait {position}: {item!r} is not a whole number of seconds or a duration like "5m"')
+        raise ValueError(f'{text!r} is not a duration like "30s", "5m", "2h" or "1d"')
     return sum(int(count) * _UNITS[unit or "s"] for count, unit in _PART.findall(text))
 
 

@@ -8,6 +8,7 @@ an immediate attempt; if the broker is away, the due loop finds them all the sam
 
 import datetime
 import logging
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
@@ -17,7 +18,7 @@ from django.utils import timezone
 from webhooks.models import Endpoint
 
 from . import enqueue, fanout, operational
-from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus, Event
+from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus, Event, PublishIdempotencyKey
 from .store import lease_is_free
 
 logger = logging.getLogger(__name__)
@@ -95,13 +96,20 @@ def _make_due(rows) -> int:
     return total
 
 
-def recover_endpoint(endpoint, since: datetime.datetime) -> int:
-    """Retry every failed or dead delivery of `endpoint` created since `since`; return how many.
-    (Not those of events too large to send: they would fail again, unsent.)"""
+def recoverable(endpoint, since: datetime.datetime):
+    """The deliveries `recover_endpoint` would retry: `endpoint`'s failed or dead ones created
+    since `since`, less those of events too large to send (they would fail again, unsent)."""
     rows = Delivery.objects.filter(
         endpoint=endpoint, created_at__gte=since, status__in=[DeliveryStatus.FAILED, DeliveryStatus.DEAD]
     )
-    return _restart(rows.exclude(UNSENDABLE))
+    return rows.exclude(UNSENDABLE)
+
+
+def recover_endpoint(endpoint, since: datetime.datetime, progress: Callable[[int], None] | None = None) -> int:
+    """Retry every failed or dead delivery of `endpoint` created since `since` (`recoverable`);
+    return how many. `progress`, if given, is called with each chunk's count as it is done
+    (thousands of deliveries take a while: the CLI shows a bar)."""
+    return _restart(recoverable(endpoint, since), progress)
 
 
 def disable_endpoints(endpoints, reason: str) -> int:
@@ -156,8 +164,19 @@ def purge_attempts() -> int:
     return deleted
 
 
-def _restart(rows) -> int:
-    """Make `rows` pending at the start of a new series, due now, and hand them to the broker."""
+def purge_idempotency_keys() -> int:
+    """Delete the Idempotency-Keys of publishes over HTTP older than their window (24 hours,
+    `PublishIdempotencyKey.KEPT_FOR`): past it, the key publishes afresh anyway."""
+    cutoff = timezone.now() - PublishIdempotencyKey.KEPT_FOR
+    deleted, _ = PublishIdempotencyKey.objects.filter(created_at__lt=cutoff).delete()
+    if deleted:
+        logger.info("purged %d idempotency keys older than %s", deleted, PublishIdempotencyKey.KEPT_FOR)
+    return deleted
+
+
+def _restart(rows, progress: Callable[[int], None] | None = None) -> int:
+    """Make `rows` pending at the start of a new series, due now, and hand them to the broker;
+    report each chunk done to `progress`."""
     total = 0
     for ids in _chunks(rows):
         updated = rows.filter(pk__in=ids).update(
@@ -171,6 +190,8 @@ def _restart(rows) -> int:
         )
         _submit(ids, total)
         total += updated
+        if progress is not None:
+            progress(updated)
     return total
 
 

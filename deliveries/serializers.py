@@ -2,11 +2,16 @@
 
 import json
 
+from django.conf import settings
 from rest_framework import serializers
 
-from agents_hooks.models import Organization
+from agents_hooks.models import Agent, Organization
+from agents_hooks.serializers import OrganizationObject
+from webhooks import event_types
+from webhooks.models import Endpoint, EndpointKind
 
 from . import stats
+from .events import dumps
 from .models import Attempt, Delivery, Event
 
 
@@ -16,10 +21,43 @@ class EventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Event
-        fields = ["id", "event_type", "agent", "created_at", "payload"]
+        fields = ["id", "event_type", "agent", "run_id", "sequence", "previous_event_id", "created_at", "payload"]
 
     def get_payload(self, event) -> dict:
         return json.loads(event.body)
+
+
+class PublishSerializer(serializers.Serializer):
+    """`POST /api/v1/events/`: an event of a type the organization registered (webhooks/event_types.py)."""
+
+    event_type = serializers.CharField(
+        max_length=100, help_text="A type your organization registered with POST /api/v1/event-types/."
+    )
+    data = serializers.DictField(
+        help_text="A JSON object: the event's `data`, checked against the type's JSON Schema if it has one."
+    )
+    agent = OrganizationObject(
+        Agent, required=False, allow_null=True, help_text="The agent the event is about (one of yours), if any."
+    )
+
+    def validate_event_type(self, value: str):
+        try:
+            return event_types.publishable(self.context["organization"], value)
+        except event_types.EventTypeError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+    def validate_data(self, value: dict) -> dict:
+        try:
+            dumps(value)  # as publish will: what it cannot encode, no event can carry
+        except (TypeError, ValueError) as exc:
+            raise serializers.ValidationError(f"cannot be sent in a webhook event: {exc}") from exc
+        return value
+
+    def validate(self, attrs):
+        problems = event_types.data_errors(attrs["event_type"], attrs["data"])
+        if problems:
+            raise serializers.ValidationError({"data": problems})
+        return attrs
 
 
 class AttemptSerializer(serializers.ModelSerializer):
@@ -56,8 +94,9 @@ class RetrySerializer(serializers.Serializer):
 
 
 class TestSendSerializer(serializers.Serializer):
-    delivery = DeliverySerializer()
+    delivery = DeliverySerializer(allow_null=True, help_text="null for a pull endpoint: its test event is in its feed.")
     attempt = AttemptSerializer(allow_null=True)
+    detail = serializers.CharField(required=False, help_text="For a pull endpoint: where its test event is.")
 
 
 # --- statistics (deliveries/stats.py) -------------------------------------------------------
@@ -138,3 +177,61 @@ class StatsSerializer(serializers.Serializer):
     attempts = StatsAttemptsSerializer()
     deliveries = StatsDeliveriesSerializer()
     series = StatsBucketSerializer(many=True)
+
+
+class FeedQuerySerializer(serializers.Serializer):
+    """GET /api/v1/events/feed/'s parameters. Too large a `wait` or `limit` is taken as the most
+    allowed (a client need not know the server's cap); anything else wrong is a 400 naming it."""
+
+    after = serializers.CharField(
+        required=False, max_length=200,
+        help_text="The `next` of an earlier answer (or an event's `cursor`); `latest` to start from now. Absent: "
+        "from the oldest event kept.",
+    )  # fmt: skip
+    wait = serializers.FloatField(
+        required=False, default=0, min_value=0,
+        help_text="Seconds to wait for an event when there is none yet (a long poll); at most WEBHOOK_FEED_MAX_WAIT "
+        "(30 by default), more is taken as that.",
+    )  # fmt: skip
+    limit = serializers.IntegerField(required=False, default=100, min_value=1, help_text="At most this many, 1-500.")
+    endpoint = OrganizationObject(
+        Endpoint, required=False,
+        help_text="A pull endpoint's id: only the events it subscribes to, each with the signed headers of a POST "
+        "to it.",
+    )  # fmt: skip
+
+    def validate_wait(self, value):
+        return min(value, settings.WEBHOOK_FEED_MAX_WAIT)
+
+    def validate_limit(self, value):
+        return min(value, 500)
+
+    def validate_endpoint(self, value):
+        if not value.is_active:
+            raise serializers.ValidationError(f"{value.pk} is disabled: enable it to read its feed.")
+        if value.kind != EndpointKind.PULL:
+            raise serializers.ValidationError(
+                f"{value.pk} is a push endpoint: its events are POSTed to it. Create one with kind: pull."
+            )
+        return value
+
+
+class FeedEventSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    type = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    cursor = serializers.CharField(help_text="The feed's position after this event: `after` to go on from it.")
+    body = serializers.CharField(help_text="The event envelope, the exact text a POST would carry (and is signed).")
+    headers = serializers.DictField(
+        child=serializers.CharField(), required=False,
+        help_text="With `endpoint`: the headers of a POST to it, signed with its secret.",
+    )  # fmt: skip
+    oversize_bytes = serializers.IntegerField(
+        required=False, help_text="Only for an event over WEBHOOK_MAX_PAYLOAD_BYTES: `body` is its stand-in."
+    )
+
+
+class FeedSerializer(serializers.Serializer):
+    events = FeedEventSerializer(many=True)
+    next = serializers.CharField(help_text="Pass as `after` for what comes next.")
+    has_more = serializers.BooleanField(help_text="More is waiting already: ask again at once.")

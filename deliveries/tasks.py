@@ -4,7 +4,7 @@
   attempts, sent concurrently.
 * `deliver_batch(delivery_ids)`: an attempt now of each of these deliveries that is due and
   free (retried by hand, resumed endpoint, test event).
-* `purge_attempts` (beat): retention.
+* `purge_attempts`, `purge_idempotency_keys` (beat): retention.
 
 A failed attempt's retry is not a task retry: its time is written on the delivery
 (`policy`, `store`) and the due loop sends it (`dueloop`), in batches, with whatever else is
@@ -51,3 +51,8 @@ def deliver_batch(delivery_ids: list[int]) -> None:
 @shared_task(ignore_result=True)
 def purge_attempts() -> int:
     return recovery.purge_attempts()
+
+
+@shared_task(ignore_result=True)
+def purge_idempotency_keys() -> int:
+    return recovery.purge_idempotency_keys()

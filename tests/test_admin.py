@@ -83,15 +83,23 @@ CHANGELISTS = {
     "agents_hooks_step": ["Id", "Agent", "Run", "Status", "Total tokens", "Completed at"],
     "agents_hooks_message": ["Id", "Agent", "Role", "Content", "Created at"],
     "agents_hooks_toolexecution": ["Id", "Agent", "Tool", "Status", "Duration ms"],
-    "agents_hooks_apikey": ["Key prefix", "Name", "Organization", "Created at", "Last used at", "Revoked"],
-    "webhooks_endpoint": ["Url", "Description", "Organization", "Scope", "Active", "Last delivery", "Success (24 h)"],
+    "agents_hooks_apikey": ["Key prefix", "Name", "Organization", "Created at", "Last used at", "Status"],
+    "webhooks_endpoint": [
+        "Endpoint",
+        "Organization",
+        "Scope",
+        "Event types",
+        "Active",
+        "Last delivery",
+        "Success (24 h)",
+    ],  # fmt: skip
     "deliveries_event": ["Id", "Type", "Organization", "Agent", "Created at", "Fanned out"],
     "deliveries_delivery": [
         "Event type",
         "Endpoint / URL",
         "Status",
         "Attempts",
-        "Last status code",
+        "Last answer",
         "Next attempt",
         "Created at",
     ],
@@ -439,3 +447,251 @@ def test_endpoints_are_created_with_a_secret_nobody_typed(admin_client, org):
     endpoint = Endpoint.objects.get(description="made in the admin")
     assert endpoint.secret.startswith("whsec_")
     assert endpoint.event_types == ["agent.step.*"] and endpoint.headers == {"X-Team": "ops"}
+
+
+# --- a new user's rough edges: what each page shows ----------------------------------------
+
+
+def add_form(org, **fields) -> dict:
+    return {
+        "organization": org.pk, "kind": "push", "url": "http://127.0.0.1:9/hook", "agent": "",
+        "description": "made in the admin",
+        "event_types": "", "headers": "", "rate_limit": "", "retry_schedule": "", "is_active": "on",
+    } | fields  # fmt: skip
+
+
+def form_errors(response) -> dict[str, list[str]]:
+    assert response.status_code == 200, "the form was accepted"
+    return {name: list(errors) for name, errors in response.context["adminform"].form.errors.items()}
+
+
+def test_an_endpoint_added_in_the_admin_shows_its_secret_once(admin_client, org):
+    response = admin_client.post(reverse("admin:webhooks_endpoint_add"), add_form(org), follow=True)
+    endpoint = Endpoint.objects.get(description="made in the admin")
+    page = change_url("admin:webhooks_endpoint_change", endpoint.pk)
+    assert response.redirect_chain == [(page, 302)]  # "Save" leads to the endpoint's page, not the list
+    html = response.content.decode()
+    assert html.count(endpoint.secret) == 1
+    assert "Copy it now: <strong>it will not be shown again.</strong>" in html
+    assert endpoint.secret not in admin_client.get(page).content.decode()  # once
+    assert "whsec_" not in admin_client.get(reverse("admin:webhooks_endpoint_changelist")).content.decode()
+
+
+def test_a_pull_endpoint_is_added_without_a_url_and_keeps_its_kind(admin_client, org):
+    refused = admin_client.post(reverse("admin:webhooks_endpoint_add"), add_form(org, url=""))
+    assert form_errors(refused) == {"url": ["required for a push endpoint (or choose kind: pull)"]}
+    refused = admin_client.post(reverse("admin:webhooks_endpoint_add"), add_form(org, kind="pull"))
+    assert form_errors(refused) == {"url": ["a pull endpoint has no URL: its events are read from the feed"]}
+
+    response = admin_client.post(reverse("admin:webhooks_endpoint_add"), add_form(org, kind="pull", url=""))
+    assert response.status_code == 302
+    endpoint = Endpoint.objects.get(description="made in the admin")
+    assert endpoint.kind == "pull" and endpoint.url == ""
+    listing = admin_client.get(reverse("admin:webhooks_endpoint_changelist")).content.decode()
+    assert "pull: read from the feed" in listing
+    # The kind is chosen once: shown, not editable, on its page; a posted kind is ignored.
+    page = change_url("admin:webhooks_endpoint_change", endpoint.pk)
+    assert 'name="kind"' not in admin_client.get(page).content.decode()
+    admin_client.post(page, add_form(org, kind="push", url="", description="still pull"))
+    endpoint.refresh_from_db()
+    assert endpoint.kind == "pull" and endpoint.description == "still pull"
+
+
+def test_event_types_and_headers_are_typed_as_lines(admin_client, org):
+    form = add_form(
+        org,
+        event_types="agent.step.*\nagent.run.completed, tool.execution.completed",
+        headers="X-Team: ops\nAuthorization: Bearer s3cret-t0ken\n",
+    )
+    response = admin_client.post(reverse("admin:webhooks_endpoint_add"), form)
+    assert response.status_code == 302, form_errors(response)
+    endpoint = Endpoint.objects.get(description="made in the admin")
+    assert endpoint.event_types == ["agent.step.*", "agent.run.completed", "tool.execution.completed"]
+    assert endpoint.headers == {"X-Team": "ops", "Authorization": "Bearer s3cret-t0ken"}
+
+    page = admin_client.get(change_url("admin:webhooks_endpoint_change", endpoint.pk)).content.decode()
+    assert ">\nagent.step.*\nagent.run.completed\ntool.execution.completed</textarea>" in page
+    assert ">\nX-Team: ops\nAuthorization: [redacted]</textarea>" in page  # a credential is never shown back
+    assert "s3cret-t0ken" not in page
+
+    # Saved as shown, the masked credential keeps its stored value; a line deleted removes its header.
+    form |= {"event_types": "agent.step.*", "headers": "Authorization: [redacted]"}
+    response = admin_client.post(change_url("admin:webhooks_endpoint_change", endpoint.pk), form)
+    assert response.status_code == 302, form_errors(response)
+    endpoint.refresh_from_db()
+    assert endpoint.headers == {"Authorization": "Bearer s3cret-t0ken"}
+    assert endpoint.event_types == ["agent.step.*"]
+
+
+def test_empty_event_types_mean_all_agent_events_and_the_form_says_so(admin_client, org):
+    page = admin_client.get(reverse("admin:webhooks_endpoint_add")).content.decode()
+    assert "<strong>Empty: all agent events</strong>" in page
+    assert "<code>agent.step.completed</code>" in page  # the catalog, to choose from
+    assert "[]</textarea>" not in page and "{}</textarea>" not in page  # no JSON to start from
+    response = admin_client.post(reverse("admin:webhooks_endpoint_add"), add_form(org, event_types="  \n"))
+    assert response.status_code == 302
+    assert Endpoint.objects.get(description="made in the admin").event_types == []
+
+
+@pytest.mark.parametrize(
+    "field, typed, error",
+    [
+        ("event_types", "agent.stepp.*", "Unknown event type(s): agent.stepp.*;"),
+        ("event_types", "agent.step.completed\nagent.tool.atached", "Unknown event type(s): agent.tool.atached;"),
+        ("event_types", "x" * 101, "Item 1: Ensure this field has no more than 100 characters."),
+        ("headers", "X-Team ops", "Line 1 ('X-Team ops') is not a header: write one per line as “Name: value”"),
+        ("headers", "X-A: 1\nx-a: 2", "Header 'x-a' is given twice (lines 1 and 2)."),
+        ("headers", "webhook-id: mine", "'webhook-id' is set by the service and cannot be overridden"),
+        ("headers", "X Team: ops", "'X Team' is not a valid header name"),
+        ("headers", "X-Price: 5 €", "The value of 'X-Price' may hold only visible ASCII"),
+        ("headers", "X-Secret: [redacted]", "'[redacted]' stands for a value already stored"),
+    ],
+)
+def test_bad_event_types_or_headers_are_a_form_error_naming_the_problem(admin_client, org, field, typed, error):
+    response = admin_client.post(reverse("admin:webhooks_endpoint_add"), add_form(org, **{field: typed}))
+    errors = form_errors(response)
+    assert list(errors) == [field]
+    assert error in errors[field][0], errors
+    assert not Endpoint.objects.exists()
+
+
+def test_endpoint_list_shows_event_types_and_cuts_long_urls(admin_client, make_endpoint):
+    long_url = "https://hooks.example.com/services/T0ABCDEFG/B0HIJKLMN/averyveryverylongtokenthatgoesonandon"
+    make_endpoint(description="everything")
+    make_endpoint(url=long_url, event_types=["agent.step.*", "agent.run.completed", "agent.job.completed", "*"])
+    html = admin_client.get(reverse("admin:webhooks_endpoint_changelist")).content.decode()
+    assert "all agent events" in html and "[]" not in html
+    assert "agent.step.*, agent.run.completed, agent.job.completed +1 more" in html
+    assert f'title="{long_url}"' in html  # the whole URL in the tooltip
+    assert f">{long_url}<" not in html  # not in the column
+    assert ">https://hooks.example.com/services/T0ABCDEFG/B0…<" in html
+
+
+def test_result_count_shows_only_when_a_filter_or_search_applies(admin_client, platform):
+    for model in ("deliveries_delivery", "deliveries_event", "deliveries_attempt"):
+        html = admin_client.get(reverse(f"admin:{model}_changelist")).content.decode()
+        assert "Show all" not in html, model
+    url = reverse("admin:deliveries_delivery_changelist")
+    assert "1 result (<a" in admin_client.get(url, {"status": "dead"}).content.decode()
+    assert "Show all" in admin_client.get(url, {"q": platform["delivery"].pk}).content.decode()
+
+
+def test_deliveries_filter_by_the_endpoint_chosen_not_a_list_of_all(admin_client, make_endpoint):
+    endpoints = [make_endpoint(f"/ep{i}") for i in range(3)]
+    deliveries = [logged_delivery(endpoint) for endpoint in endpoints]
+    url = reverse("admin:deliveries_delivery_changelist")
+
+    def sidebar(html):
+        return html[html.index('id="changelist-filter"') :]
+
+    unfiltered = sidebar(admin_client.get(url).content.decode())
+    assert not any(endpoint.url in unfiltered for endpoint in endpoints)
+    assert "open the endpoint and click “Deliveries”" in unfiltered
+
+    page = admin_client.get(change_url("admin:webhooks_endpoint_change", endpoints[1].pk)).content.decode()
+    link = re.search(r'<a href="([^"]*endpoint__id__exact[^"]*)">Deliveries</a>', page).group(1)
+    html = admin_client.get(link).content.decode()
+    assert html.count('name="_selected_action"') == 1
+    assert change_url("admin:deliveries_delivery_change", deliveries[1].pk) in html
+    assert endpoints[1].url in sidebar(html) and endpoints[0].url not in sidebar(html)
+
+
+def test_delivery_page_shows_what_an_operator_needs_to_the_second(admin_client, make_endpoint):
+    delivery = logged_delivery(make_endpoint(), "pending", codes=(503,))
+    due = timezone.now().replace(microsecond=0) + datetime.timedelta(minutes=4, seconds=12, milliseconds=600)
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=due, series_start=1)
+    page = admin_client.get(change_url("admin:deliveries_delivery_change", delivery.pk)).content.decode()
+    labels = [re.sub(r"\s+", " ", label).strip() for label in re.findall(r"<label>(.*?):?</label>", page, re.S)]
+    assert labels[:5] == ["Event", "Event type", "Kind", "Endpoint / URL", "Status"], labels
+    assert {"Attempts", "Next attempt", "Last answer", "Last error", "Created at"} <= set(labels), labels
+    assert "Series start" not in page and "Lease" not in page and "Slot reserved" not in page
+    assert timezone.localtime(due).strftime("%Y-%m-%d %H:%M:%S") in page  # to the second
+    assert re.search(r"in 4 min 1[12] s", page)
+
+    Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now() - datetime.timedelta(seconds=90))
+    listed = admin_client.get(reverse("admin:deliveries_delivery_changelist")).content.decode()
+    assert re.search(r"overdue by 1 min 3[01] s", listed)
+
+
+def test_delivery_page_has_a_retry_button(admin_client, make_endpoint):
+    failed = logged_delivery(make_endpoint(), "failed", codes=(400,))
+    page = change_url("admin:deliveries_delivery_change", failed.pk)
+    retry = reverse("admin:deliveries_delivery_retry", args=[failed.pk])
+    html = admin_client.get(page).content.decode()
+    form = re.search(rf'<form class="retry" method="post" action="{retry}">(.*?)</form>', html, re.S).group(1)
+    assert 'name="csrfmiddlewaretoken"' in form and ">Retry now</button>" in form
+
+    response = admin_client.post(retry, follow=True)
+    assert response.redirect_chain == [(page, 302)]
+    assert messages_of(response) == [f"Retrying delivery {failed.pk} now: a new series of attempts starts. Reload "
+                                     "to see the attempt."]  # fmt: skip
+    failed.refresh_from_db()
+    assert failed.status == "pending"
+    assert admin_client.get(retry).status_code == 405  # a GET changes nothing
+
+
+def test_retry_button_refusals_say_why(admin_client, make_endpoint):
+    succeeded = logged_delivery(make_endpoint())
+    held = logged_delivery(make_endpoint("/off", is_active=False), "pending", codes=())
+    Delivery.objects.filter(pk=held.pk).update(next_attempt_at=None)
+    for delivery, why in [
+        (succeeded, "Not retried: this delivery already succeeded, so it is not sent again."),
+        (held, "Not retried: this delivery is held because its endpoint is disabled; enable the endpoint"),
+    ]:
+        response = admin_client.post(reverse("admin:deliveries_delivery_retry", args=[delivery.pk]), follow=True)
+        (message,) = messages_of(response)
+        assert message.startswith(why), message
+        assert 'class="error"' in response.content.decode()
+    succeeded.refresh_from_db()
+    assert succeeded.status == "succeeded" and succeeded.attempt_count == 1
+
+
+def test_retry_button_needs_the_csrf_token(client, admin_user, make_endpoint):
+    from django.test import Client
+
+    failed = logged_delivery(make_endpoint(), "failed", codes=(400,))
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(admin_user)
+    assert browser.post(reverse("admin:deliveries_delivery_retry", args=[failed.pk])).status_code == 403
+    failed.refresh_from_db()
+    assert failed.status == "failed"
+
+
+def test_api_keys_show_their_status_in_words(admin_client, org):
+    active, _ = ApiKey.issue(org, name="live")
+    revoked, _ = ApiKey.issue(org, name="old")
+    ApiKey.objects.filter(pk=revoked.pk).update(revoked_at=timezone.now())
+    html = admin_client.get(reverse("admin:agents_hooks_apikey_changelist")).content.decode()
+    assert ">active</strong>" in html
+    assert f">revoked {timezone.localtime().strftime('%Y-%m-%d')} " in html
+    assert "icon-no.svg" not in html  # no red cross for a key that works
+
+
+def test_log_rows_cannot_be_deleted_even_by_a_superuser(admin_client, platform):
+    for model in ("deliveries_event", "deliveries_delivery", "deliveries_attempt"):
+        obj = platform[model.rsplit("_", 1)[-1]]
+        assert admin_client.get(change_url(f"admin:{model}_delete", obj.pk)).status_code == 403
+        page = admin_client.get(change_url(f"admin:{model}_change", obj.pk)).content.decode()
+        assert "deletelink" not in page
+        changelist = admin_client.get(reverse(f"admin:{model}_changelist")).content.decode()
+        assert 'value="delete_selected"' not in changelist
+        admin_client.post(reverse(f"admin:{model}_changelist"), {"action": "delete_selected",
+                          "_selected_action": [obj.pk], "post": "yes"})  # fmt: skip
+        assert type(obj).objects.filter(pk=obj.pk).exists(), model
+
+
+def test_deleting_an_endpoint_still_deletes_its_log(admin_client, platform):
+    endpoint = platform["endpoint"]
+    confirm = admin_client.get(change_url("admin:webhooks_endpoint_delete", endpoint.pk)).content.decode()
+    assert "Are you sure" in confirm and "permission to delete" not in confirm
+    response = admin_client.post(change_url("admin:webhooks_endpoint_delete", endpoint.pk), {"post": "yes"})
+    assert response.status_code == 302
+    assert not Endpoint.objects.filter(pk=endpoint.pk).exists()
+    assert not Delivery.objects.filter(endpoint_id=endpoint.pk).exists()
+
+
+def test_times_on_an_endpoint_page_are_to_the_second(admin_client, make_endpoint):
+    endpoint = make_endpoint()
+    page = admin_client.get(change_url("admin:webhooks_endpoint_change", endpoint.pk)).content.decode()
+    assert f"{endpoint.created_at:%Y-%m-%d %H:%M:%S}" in page
+    assert "p.m." not in page and "a.m." not in page

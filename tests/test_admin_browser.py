@@ -1,11 +1,14 @@
 """The admin in a real browser, as a person uses it: log in, tick an endpoint, choose "Send
-test event", click Go, read the answer; screenshots of the endpoint list and the delivery page
-are kept for a human to look at. And the statistics pages: a week of traffic, as charts.
+test event", click Go, read the answer; create an endpoint and copy its secret, retry a
+delivery from its page; screenshots are kept for a human to look at. And the statistics
+pages: a week of traffic, as charts.
 
 Headless Chromium with the Debian packages (`apt-get install chromium chromium-driver`): no
 browser is downloaded. Without them the test is skipped, unless CI is set: then it fails.
-Screenshots (endpoint list, delivery page, delivery list, endpoint form, statistics of the
-service and of an endpoint) go to $ADMIN_SCREENSHOTS_DIR, by default var/screenshots/.
+The window is 1400 px wide (a laptop), and the lists must fit it. Screenshots (endpoint list,
+delivery page, delivery list, endpoint form, a new endpoint's page with its secret, the API
+docs, statistics of the service and of an endpoint) go to $ADMIN_SCREENSHOTS_DIR, by default
+var/screenshots/.
 """
 
 import datetime
@@ -19,7 +22,8 @@ import pytest
 from django.utils import timezone
 
 from deliveries.models import Attempt, Delivery, Event
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, logged_delivery, wait_until
+from webhooks.models import Endpoint
 
 # The Debian packages' paths; CHROMIUM_BIN / CHROMEDRIVER_BIN point elsewhere.
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
@@ -33,9 +37,9 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1600,900",
+    "--window-size=1400,900",
 ]
-WIDTH = 1600
+WIDTH = 1400
 
 
 def _missing() -> str | None:
@@ -141,6 +145,110 @@ def test_send_test_event_from_the_endpoint_list(
     assert "whsec_" not in browser.page_source  # the secret is never shown on the form
     assert "ops-s3cret" not in browser.page_source and "[redacted]" in browser.page_source  # nor a credential
     save_page(browser, screenshots / "endpoint-change.png")
+
+
+def log_in(browser, live_server, next_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{live_server.url}/admin/login/?next={next_url}")
+    browser.find_element(By.NAME, "username").send_keys("ops")
+    browser.find_element(By.NAME, "password").send_keys("correct horse battery")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+
+
+def assert_list_fits(browser) -> None:
+    """The list's table fits its column of the page: nothing cut off, no sideways scrolling."""
+    widths = browser.execute_script(
+        "const r = document.querySelector('#changelist .results');"
+        "return [r.scrollWidth, r.clientWidth, document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert widths[0] <= widths[1] and widths[2] <= widths[3], f"wider than the window at {WIDTH} px: {widths}"
+
+
+def test_a_new_user_creates_an_endpoint_and_retries_a_delivery(
+    live_server, browser, screenshots, django_user_model, org, receiver, make_endpoint
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    long_url = "https://hooks.example-customer.com/services/T0ABCDEFG/B0HIJKLMN/4f9aQx7ZkLmN2pR8sT1uV3wY?channel=ops"
+    busy = make_endpoint(
+        url=long_url,
+        description="Slack: #ops-alerts, failures of the nightly ingestion agents and their tools",
+        event_types=["agent.step.failed", "agent.run.completed", "agent.job.completed", "tool.execution.completed"],
+    )
+    failed = logged_delivery(busy, "failed", codes=(503, 503, 400), event_type="agent.step.failed")
+    waiting = logged_delivery(busy, "pending", codes=(503,), event_type="agent.run.completed")
+    Delivery.objects.filter(pk=waiting.pk).update(next_attempt_at=timezone.now() + datetime.timedelta(minutes=4))
+    wait = WebDriverWait(browser, 20)
+
+    # Add an endpoint as a new user would: event types and headers typed as lines.
+    log_in(browser, live_server, "/admin/webhooks/endpoint/add/")
+    wait.until(ec.presence_of_element_located((By.ID, "endpoint_form")))
+    browser.execute_script(  # the organization box is a select2 autocomplete: choose as it would
+        "const s = document.getElementById('id_organization');"
+        "s.append(new Option(arguments[1], arguments[0], true, true)); s.dispatchEvent(new Event('change'));",
+        org.pk,
+        org.name,
+    )
+    browser.find_element(By.ID, "id_url").send_keys(receiver.url("/new"))
+    browser.find_element(By.ID, "id_description").send_keys("made in the browser")
+    browser.find_element(By.ID, "id_event_types").send_keys("agent.step.*\nagent.run.completed")
+    browser.find_element(By.ID, "id_headers").send_keys("X-Team: ops")
+    browser.find_element(By.NAME, "_save").click()
+    message = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .warning")))
+    created = Endpoint.objects.get(description="made in the browser")
+    assert created.event_types == ["agent.step.*", "agent.run.completed"] and created.headers == {"X-Team": "ops"}
+    secret = browser.find_element(By.CSS_SELECTOR, ".messagelist code.new-secret")
+    assert secret.is_displayed() and secret.text == created.secret  # the secret itself, on screen
+    assert "it will not be shown again" in message.text
+    assert browser.find_element(By.ID, "endpoint_form")  # on the endpoint's own page
+    save_page(browser, screenshots / "endpoint-created.png")
+    browser.refresh()
+    wait.until(ec.presence_of_element_located((By.ID, "endpoint_form")))
+    assert created.secret not in browser.page_source  # once
+
+    # The list: an event types column, and every column on screen at 1400 px.
+    browser.get(f"{live_server.url}/admin/webhooks/endpoint/")
+    rows = wait.until(ec.presence_of_element_located((By.ID, "result_list")))
+    headers = [th.text for th in rows.find_elements(By.CSS_SELECTOR, "thead th")]
+    assert "EVENT TYPES" in headers, headers
+    assert "agent.step.*, agent.run.completed" in rows.text
+    assert "agent.step.failed, agent.run.completed, agent.job.completed +1 more" in rows.text
+    cut = rows.find_element(By.CSS_SELECTOR, f'span[title="{long_url}"]')
+    assert cut.text.endswith("…") and cut.is_displayed()
+    assert "Show all" not in browser.page_source
+    save_page(browser, screenshots / "endpoint-list-1400.png")  # before the check, to see what it finds
+    assert_list_fits(browser)
+
+    browser.get(f"{live_server.url}/admin/deliveries/delivery/")
+    rows = wait.until(ec.presence_of_element_located((By.ID, "result_list")))
+    assert "overdue" in rows.text or "in 3 min" in rows.text  # the waiting one, to the second
+    assert "Show all" not in browser.page_source
+    save_page(browser, screenshots / "delivery-list-1400.png")  # before the check, to see what it finds
+    assert_list_fits(browser)
+
+    # A failed delivery's page: what an operator needs, and a Retry button.
+    browser.get(f"{live_server.url}/admin/deliveries/delivery/{failed.pk}/change/")
+    button = wait.until(ec.element_to_be_clickable((By.ID, "retry-delivery")))
+    assert button.text == "RETRY NOW"  # the object tools' capitals
+    content = browser.find_element(By.ID, "content").text
+    assert "failed" in content and "Series start" not in content and "HTTP 400" in content
+    save_page(browser, screenshots / "delivery-retry.png")
+    button.click()
+    done = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    assert done.text.startswith(f"Retrying delivery {failed.pk} now")
+    save_page(browser, screenshots / "delivery-retried.png")
+
+    # The API docs, in the same 1400 px window.
+    browser.get(f"{live_server.url}/api/docs/")
+    wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, '.opblock-summary-path[data-path="/api/v1/webhooks/"]'))
+    )
+    assert "/api/v1/deliveries/{id}/retry/" in browser.page_source
+    browser.save_screenshot(str(screenshots / "api-docs-1400.png"))  # the first screen, as a reader sees it
 
 
 def a_week_of_traffic(endpoint, now: datetime.datetime) -> int:

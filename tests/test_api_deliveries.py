@@ -161,7 +161,9 @@ def test_the_log_is_read_only(api, log):
     delivery = log["failed"]
     assert api.delete(f"/api/v1/deliveries/{delivery.pk}/").status_code == 405
     assert api.patch(f"/api/v1/deliveries/{delivery.pk}/", {"status": "succeeded"}, format="json").status_code == 405
-    assert api.post("/api/v1/events/", {}, format="json").status_code == 405
+    # Events are published with POST (tests/test_publish_api.py), never changed or deleted.
+    assert api.patch(f"/api/v1/events/{delivery.event_id}/", {}, format="json").status_code == 405
+    assert api.delete(f"/api/v1/events/{delivery.event_id}/").status_code == 405
 
 
 # --- manual retry --------------------------------------------------------------------------

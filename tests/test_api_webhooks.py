@@ -220,10 +220,10 @@ def test_after_rotation_both_secrets_verify_the_same_request(live, api, agent):
     assert Webhook(new).verify(request.body, request.headers)["event_type"] == "webhook.test"
     with pytest.raises(WebhookVerificationError):
         Webhook(signing.generate_secret()).verify(request.body, request.headers)
-    # X-Letta-Signature is made with the current secret only.
-    assert (
-        signing.letta_signature(signing.secret_key(new), int(request.headers["X-Letta-Timestamp"]), request.body)
-        == request.headers["X-Letta-Signature"]
+    # X-Letta-Signature as well: the current secret's signature first, then the old one's.
+    timestamp = int(request.headers["X-Letta-Timestamp"])
+    assert request.headers["X-Letta-Signature"] == " ".join(
+        signing.letta_signature(signing.secret_key(s), timestamp, request.body) for s in (new, old["secret"])
     )
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from webhooks import signing
+from webhooks.receiver import Receiver
 from webhooks.signing import TOLERANCE, SignatureError, signature_headers, verify
 
 PROPS = hsettings(max_examples=200, deadline=None)
@@ -133,9 +134,15 @@ def test_two_keys_verify_under_either_secret(current, previous, body, msg_id):
     for secret in (current, previous):
         verify(secret, body, headers, now=ts)
         Webhook(secret).verify(body, headers, json_parse=False)
-    # Only the current secret signs the Letta-style header.
-    key = signing.secret_key(current)
-    assert headers["X-Letta-Signature"] == signing.letta_signature(key, ts, body)
+    # The Letta-style header too: one signature per secret, the current one first, and the
+    # receivers' kit accepts it under either secret alone.
+    assert headers["X-Letta-Signature"] == " ".join(
+        signing.letta_signature(signing.secret_key(s), ts, body) for s in (current, previous)
+    )
+    letta_only = {k: v for k, v in headers.items() if not k.startswith("webhook-")}
+    letta_only["X-Letta-Timestamp"] = str(ts)
+    for secret in (current, previous):
+        assert Receiver(secret, styles=["letta"]).check_signature(body, letta_only, now=ts)[0] == "letta"
 
 
 @PROPS

@@ -18,37 +18,69 @@ from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.widgets import AdminURLFieldWidget
 from django.core.exceptions import PermissionDenied
 from django.db import connection
+from django.http import HttpResponseRedirect
 from django.template.defaultfilters import pluralize
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
-from rest_framework import serializers as drf
 
 from deliveries import dashboard, policy
-from deliveries.admin import status_badge
-from deliveries.events import send_test
+from deliveries.admin import DeletesItsLog, status_badge
+from deliveries.events import EndpointDisabled, send_test
 from deliveries.models import Attempt, Delivery
 from deliveries.recovery import disable_endpoints, recover_endpoint, resume_endpoint, retry_pending
 from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
 
-from . import catalog, clientcert, credentials, urlsafety
-from .models import Endpoint, redact_headers
+from . import catalog, clientcert, content_filter, credentials, urlsafety
+from .forms import EventTypesField, HeadersField, format_headers
+from .models import Endpoint, EndpointKind, url_problem
 from .serializers import EndpointSerializer
 
+# The list's columns: URLs cut to this many characters (whole in the tooltip), at most this
+# many event types named (the rest counted).
+URL_CHARS = 48
+EVENT_TYPES_SHOWN = 3
 # How long "send test event" waits for the worker's first attempt before answering.
 TEST_WAIT_SECONDS = 5.0
 HEADERS_HELP = (
-    'Extra HTTP headers sent with every POST, as JSON: {"X-Team": "ops"}. Credential values are shown as '
-    f'"{credentials.MASK}": leave it to keep the stored value, type a new value to replace it, remove the '
-    "header to remove it."
+    "Extra HTTP headers sent with every POST, one per line: <code>X-Team: ops</code>. Credential values are "
+    f"shown as <code>{credentials.MASK}</code>: leave it to keep the stored value, type a new value to replace "
+    "it, delete the line to remove the header."
+)
+EVENT_TYPES_HELP = (
+    "One event type or pattern per line (or separated by commas), e.g. <code>agent.step.*</code>. "
+    "<strong>Empty: all agent events</strong> (operational ones, <code>endpoint.*</code> and "
+    "<code>delivery.dead</code>, only when named). Known types: {}."
+)
+FILTER_HELP = (
+    "Optional. Of the events its types take, send only those whose envelope passes this JSON condition. "
+    'Examples: <code>{"path": "data.status", "in": ["failed", "cancelled"]}</code>, '
+    '<code>{"path": "data.usage.total_tokens", "gt": 10000}</code>, '
+    '<code>{"path": "data.error", "exists": true}</code>, '
+    '<code>{"and": [{...}, {...}]}</code>, <code>{"or": [...]}</code>, <code>{"not": {...}}</code>. '
+    "Operators: eq, in, gt, gte, lt, lte, exists; paths are dotted from the envelope "
+    "(<code>event_type</code>, <code>agent_id</code>, <code>data.…</code>). <strong>Empty: no filter.</strong>"
 )
 
 
 class EndpointForm(forms.ModelForm):
     """The API's rules for a URL, event types and headers, so both surfaces accept the same."""
 
-    url = forms.URLField(max_length=2048, assume_scheme="https", widget=AdminURLFieldWidget)
+    url = forms.URLField(
+        max_length=2048, assume_scheme="https", widget=AdminURLFieldWidget, required=False,
+        help_text="Where events are POSTed; empty for a pull endpoint.",
+    )  # fmt: skip
+    event_types = EventTypesField(required=False, label="Event types")
+    headers = HeadersField(required=False, label="Custom headers")
+    filter = forms.CharField(
+        required=False,
+        label="Content filter",
+        widget=forms.Textarea(
+            attrs={"rows": 4, "cols": 64, "placeholder": '{"path": "data.status", "in": ["failed", "cancelled"]}'}
+        ),
+        help_text=FILTER_HELP,
+    )
     retry_schedule = forms.CharField(
         required=False,
         label="Retry schedule",
@@ -75,23 +107,28 @@ class EndpointForm(forms.ModelForm):
     class Meta:
         model = Endpoint
         fields = [
-            "organization", "url", "agent", "description", "event_types", "headers", "rate_limit", "retry_schedule",
-            "is_active",
+            "organization", "kind", "url", "agent", "description", "event_types", "filter", "headers", "rate_limit",
+            "retry_schedule", "is_active",
         ]  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Credential values are never put in the page: the form shows them masked, and a mask
+        if "kind" in self.fields:  # push unless chosen (a form posted without it, by a script)
+            self.fields["kind"].required = False
+        # Credential values are never put in the page: HeadersField shows them masked, and a mask
         # saved unchanged keeps the stored value (`clean_headers`), as the API does.
         if "headers" in self.fields:  # not for someone who may only view
             self.fields["headers"].help_text = HEADERS_HELP
-            if self.instance.pk:
-                self.initial["headers"] = redact_headers(self.instance.headers or {})
+        if "event_types" in self.fields:
+            known = ", ".join(f"<code>{name}</code>" for name in catalog.EVENT_TYPES)
+            self.fields["event_types"].help_text = EVENT_TYPES_HELP.format(known)
         self.fields["retry_schedule"].help_text = (
             'Waits before each retry, e.g. "5s, 5m, 30m, 2h". Empty: the default, '
             f"{policy.format_schedule(settings.WEBHOOK_RETRY_SCHEDULE)}. "
             '"none": never retried.'
         )
+        if self.instance.pk and self.instance.filter is not None:
+            self.initial["filter"] = json.dumps(self.instance.filter, indent=2, ensure_ascii=False)
         if self.instance.pk and self.instance.retry_schedule is not None:
             steps = self.instance.retry_schedule
             self.initial["retry_schedule"] = policy.format_schedule(steps) if steps else "none"
@@ -107,35 +144,49 @@ class EndpointForm(forms.ModelForm):
         except policy.ScheduleError as exc:
             raise forms.ValidationError(str(exc)) from exc
 
+    def clean_filter(self) -> dict | None:
+        text = (self.cleaned_data["filter"] or "").strip()
+        if not text or text == "null":
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from exc
+        return self._api_rules("filter", value)
+
+    def clean_kind(self):
+        return self.cleaned_data.get("kind") or EndpointKind.PUSH
+
     def clean_url(self):
         url = self.cleaned_data["url"]
-        if "url" in self.changed_data:
+        if url and "url" in self.changed_data:
             try:
                 urlsafety.check_url(url)
             except urlsafety.UnsafeURL as exc:
                 raise forms.ValidationError(str(exc)) from exc
         return url
 
-    def clean_event_types(self):
-        value = self.cleaned_data["event_types"] or []
-        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-            raise forms.ValidationError('A JSON list of event types, e.g. ["agent.step.*"]; [] for all.')
-        unknown = catalog.unknown_patterns(value)
-        if unknown:
-            raise forms.ValidationError(f"Unknown event type(s): {', '.join(unknown)}.")
-        return value
+    def clean_event_types(self) -> list[str]:
+        return self._api_rules("event_types", self.cleaned_data["event_types"])
 
-    def clean_headers(self):
-        value = self.cleaned_data["headers"] or {}
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise forms.ValidationError('A JSON object of header names to string values, e.g. {"X-Team": "ops"}.')
-        try:
-            return EndpointSerializer(self.instance if self.instance.pk else None).validate_headers(value)
-        except drf.ValidationError as exc:
-            raise forms.ValidationError(exc.detail) from exc
+    def clean_headers(self) -> dict[str, str]:
+        return self._api_rules("headers", self.cleaned_data["headers"])
+
+    def _api_rules(self, name: str, value):
+        """`value` for field `name` as the API's serializer validates it (the same rules, the
+        same words), or a ValidationError with its messages."""
+        # The organization chosen on the add page (cleaned before these fields) for its registered types.
+        context = {"organization": self.cleaned_data.get("organization")}
+        instance = self.instance if self.instance.pk else None
+        serializer = EndpointSerializer(instance, data={name: value}, partial=True, context=context)
+        if serializer.is_valid():
+            return serializer.validated_data[name]
+        raise forms.ValidationError(_messages(serializer.errors.get(name, serializer.errors)))
 
     def clean(self):
         cleaned = super().clean()
+        if "url" in cleaned and (problem := url_problem(cleaned.get("kind", self.instance.kind), cleaned["url"])):
+            self.add_error("url", problem)
         self._clean_client_certificate(cleaned)
         organization = cleaned.get("organization") or getattr(self.instance, "organization", None)
         agent = cleaned.get("agent")
@@ -169,6 +220,20 @@ class EndpointForm(forms.ModelForm):
         return super().save(commit)
 
 
+def _messages(detail) -> list[str]:
+    """DRF's error detail (a list, or a dict by item or name) as flat sentences."""
+    if isinstance(detail, dict):
+        return [
+            f"{f'Item {key + 1}' if isinstance(key, int) else key}: {message}"
+            for key, value in detail.items()
+            for message in _messages(value)
+        ]
+    if isinstance(detail, list):
+        return [message for item in detail for message in _messages(item)]
+    text = str(detail)
+    return [text[:1].upper() + text[1:]]
+
+
 class ScopeFilter(admin.SimpleListFilter):
     title = "scope"
     parameter_name = "scope"
@@ -185,9 +250,13 @@ class ScopeFilter(admin.SimpleListFilter):
 
 
 @admin.register(Endpoint)
-class EndpointAdmin(admin.ModelAdmin):
+class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
     form = EndpointForm
-    list_display = ["url", "description", "organization", "scope", "active", "last_delivery", "success_24h", "charts"]
+    # Narrow columns, so the list fits a 1400 px screen beside the admin's sidebars: the URL is
+    # cut short (whole in its tooltip) with the description under it.
+    list_display = [
+        "endpoint", "organization", "scope", "subscribed_events", "active", "last_delivery", "success_24h", "charts",
+    ]  # fmt: skip
     list_select_related = ["organization", "agent"]
     list_filter = ["is_active", ScopeFilter, "organization"]
     search_fields = ["url", "description", "=id", "agent__name"]
@@ -214,19 +283,21 @@ class EndpointAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request, obj=None):
         # Shown read-only, a JSON field is shown whole: someone who may only view gets it masked.
-        headers = "headers" if obj is None or self.has_change_permission(request, obj) else "masked_headers"
+        can_change = obj is None or self.has_change_permission(request, obj)
+        headers = "headers" if can_change else "masked_headers"
         editable = [
+            "kind",
             "url",
             "agent",
             "description",
-            "event_types",
+            "event_types" if can_change else "subscribed_events",
+            "filter" if can_change else "filter_shown",
             headers,
             "rate_limit",
             "retry_schedule",
             "is_active",
         ]
         # The certificate's fields are write-only: someone who may only view sees its status.
-        can_change = obj is None or self.has_change_permission(request, obj)
         mtls = ["client_certificate", "client_key"] + (["remove_client_certificate"] if obj else [])
         mtls = ([] if obj is None else ["client_certificate_status"]) + (mtls if can_change else [])
         if obj is None:
@@ -251,7 +322,7 @@ class EndpointAdmin(admin.ModelAdmin):
         ]
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else self.readonly_fields
+        return [] if obj is None else [*self.readonly_fields, "kind"]  # the kind is chosen once
 
     def get_queryset(self, request):
         # Secrets are never shown, so never loaded for a page either.
@@ -261,6 +332,47 @@ class EndpointAdmin(admin.ModelAdmin):
             .defer("secret_encrypted", "previous_secret_encrypted", "client_cert_encrypted", "client_key_encrypted")
         )
         return with_delivery_stats(queryset)
+
+    @admin.display(description="endpoint", ordering="url")
+    def endpoint(self, obj) -> str:
+        description = Truncator(obj.description).chars(URL_CHARS)
+        url = obj.url or "pull: read from the feed"
+        return format_html(
+            '<span title="{}">{}</span>{}',
+            url,
+            Truncator(url).chars(URL_CHARS),
+            format_html('<br><span class="quiet">{}</span>', description) if description else "",
+        )
+
+    @admin.display(description="event types")
+    def subscribed_events(self, obj) -> str:
+        return format_html("{}{}", self._patterns(obj), self._filtered(obj))
+
+    @staticmethod
+    def _patterns(obj) -> str:
+        patterns = obj.event_types or []
+        if not patterns:
+            return format_html('<span class="quiet">{}</span>', "all agent events")
+        shown = ", ".join(patterns[:EVENT_TYPES_SHOWN])
+        more = f" +{len(patterns) - EVENT_TYPES_SHOWN} more" if len(patterns) > EVENT_TYPES_SHOWN else ""
+        return format_html('<span title="{}">{}{}</span>', ", ".join(patterns), shown, more)
+
+    @staticmethod
+    def _filtered(obj) -> str:
+        """A "filtered" marker under the types, the filter in its tooltip."""
+        if obj.filter is None:
+            return ""
+        try:
+            condition = content_filter.describe(content_filter.check(obj.filter))
+        except content_filter.FilterError as exc:
+            condition = f"invalid, ignored: {exc}"
+        return format_html('<br><span class="quiet filtered" title="{}">filtered</span>', condition)
+
+    @admin.display(description="content filter")
+    def filter_shown(self, obj) -> str:
+        if obj.filter is None:
+            return "—"
+        return format_html('<pre style="margin: 0">{}</pre>', json.dumps(obj.filter, indent=2, ensure_ascii=False))
 
     @admin.display(description="scope", ordering="agent__name")
     def scope(self, obj) -> str:
@@ -299,15 +411,18 @@ class EndpointAdmin(admin.ModelAdmin):
             raise PermissionDenied
         return dashboard.endpoint_page(request, endpoint, self.admin_site.each_context(request))
 
-    @admin.display(description="headers")
+    @admin.display(description="custom headers")
     def masked_headers(self, obj) -> str:
-        return json.dumps(redact_headers(obj.headers or {}))
+        return format_html('<pre style="margin: 0">{}</pre>', format_headers(obj.headers)) if obj.headers else "—"
 
     @admin.display(description="secret")
     def secret_status(self, obj) -> str:
         if obj.previous_secret_expires_at and obj.previous_secret_expires_at > timezone.now():
             return f"Rotated; the previous secret also signs until {obj.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC."
-        return "Set. It is shown once, when rotated (action “Rotate secret”); it is never displayed here."
+        return (
+            "Set. It was shown once, when the endpoint was created; it is shown once again only when rotated "
+            "(action “Rotate secret”), never here."
+        )
 
     @admin.display(description="client certificate")
     def client_certificate_status(self, obj) -> str:
@@ -326,6 +441,9 @@ class EndpointAdmin(admin.ModelAdmin):
             switch_on, switch_off = obj.is_active, not obj.is_active
             obj.is_active = not obj.is_active
         super().save_model(request, obj, form, change)
+        if not change:
+            # The endpoint's page, where "Save" now leads (`response_post_save_add`), shows it.
+            self.message_user(request, secret_message(obj, obj.secret), messages.WARNING)
         if switch_off:
             disable_endpoints(Endpoint.objects.filter(pk=obj.pk), f"disabled by {request.user.get_username()}")
             obj.refresh_from_db()
@@ -333,6 +451,10 @@ class EndpointAdmin(admin.ModelAdmin):
             held = resume_endpoint(obj)
             if held:
                 self.message_user(request, f"Enabled; {held} held deliveries are being sent.", messages.INFO)
+
+    def response_post_save_add(self, request, obj):
+        """After "Save" on the add page, the new endpoint's page (with its secret, once), not the list."""
+        return HttpResponseRedirect(reverse("admin:webhooks_endpoint_change", args=[quote(obj.pk)]))
 
     # --- actions ------------------------------------------------------------------------
 
@@ -345,19 +467,21 @@ class EndpointAdmin(admin.ModelAdmin):
     def send_test_event(self, request, queryset):
         sent = []
         for endpoint in self._selected(queryset):
-            if not endpoint.is_active:
+            try:
+                sent.append((endpoint, send_test(endpoint)))
+            except EndpointDisabled:
                 self.message_user(
                     request, f"{endpoint.url} is disabled: enable it, then send a test event.", messages.WARNING
                 )
-                continue
-            try:
-                sent.append((endpoint, send_test(endpoint)))
             except RuntimeError as exc:
                 self.message_user(request, f"{endpoint.url}: {exc}", messages.ERROR)
         # Inside a transaction the delivery is not committed, so no worker could see it yet.
         wait = 0.0 if connection.in_atomic_block else TEST_WAIT_SECONDS
         deadline = time.monotonic() + wait
         for endpoint, delivery in sent:
+            if delivery is None:  # a pull endpoint: nothing is POSTed
+                self.message_user(request, f"{endpoint.pk}: a pull endpoint, its test event is in its feed.")
+                continue
             attempt = wait_for_first_attempt(delivery, deadline - time.monotonic())
             self.message_user(request, *_test_result(endpoint, delivery, attempt, wait))
 
@@ -381,12 +505,8 @@ class EndpointAdmin(admin.ModelAdmin):
     def rotate_secret(self, request, queryset):
         for endpoint in self._selected(queryset):
             secret = endpoint.rotate_secret()
-            self.message_user(
-                request,
-                f"New secret for {endpoint.url}: {secret} — copy it now, it will not be shown again. The previous "
-                f"secret also signs until {endpoint.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC.",
-                messages.WARNING,
-            )
+            grace = f"The previous secret also signs until {endpoint.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC."
+            self.message_user(request, secret_message(endpoint, secret, grace), messages.WARNING)
 
     @admin.action(description="Retry waiting deliveries now", permissions=["change"])
     def retry_waiting_deliveries(self, request, queryset):
@@ -418,6 +538,18 @@ class EndpointAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"Retrying {total} failed or dead deliver{pluralize(total, 'y,ies')} from the last 24 h."
         )
+
+
+def secret_message(endpoint: Endpoint, secret: str, after: str = "") -> str:
+    """The one showing of a new signing secret (on creation or rotation), in a message."""
+    return format_html(
+        'Signing secret of {}: <code class="new-secret" style="{}">{}</code> Copy it now: '
+        "<strong>it will not be shown again.</strong> {}",
+        endpoint.url,
+        "font-size: 1.1em; padding: 2px 6px; background: var(--body-bg); user-select: all",
+        secret,
+        after,
+    )
 
 
 def _test_result(endpoint: Endpoint, delivery: Delivery, attempt: Attempt | None, waited: float):
@@ -454,3 +586,7 @@ def _test_result(endpoint: Endpoint, delivery: Delivery, attempt: Attempt | None
         excerpt,
     )
     return text, messages.SUCCESS if ok else messages.WARNING
+
+
+# Event types organizations registered (POST /api/v1/event-types/): their admin has its own module.
+from . import admin_event_types  # noqa: E402, F401

@@ -5,6 +5,7 @@ silently); `GET /api/v1/event-types/` serves it.
 """
 
 import fnmatch
+from collections.abc import Iterable
 
 _STEP = {
     "step_id": "step-6f1c2a8e-0b7d-4c59-9a51-2f4e7d0c9b13",
@@ -97,7 +98,48 @@ EVENT_TYPES: dict[str, tuple[str, dict]] = {
 # filter means every agent event, not these (Endpoint.receives).
 OPERATIONAL_EVENT_TYPES = frozenset({"endpoint.disabled", "endpoint.enabled", "endpoint.failing", "delivery.dead"})
 
+# Which stream each built-in event is numbered in: the envelope's `run_id`, `sequence` (1, 2, 3...
+# per stream, no gaps) and `previous_event_id` (deliveries/streams.py). Outside a run, an event
+# with an agent is numbered in that agent's stream of events outside runs; with neither: null.
+_IN_RUN = "its run's ({}); outside a run, its agent's"
+STREAMS: dict[str, str] = {
+    "agent.step.completed": _IN_RUN.format("the step's run"),
+    "agent.step.failed": _IN_RUN.format("the step's run"),
+    "agent.step.cancelled": _IN_RUN.format("the step's run"),
+    "agent.message.sent": _IN_RUN.format("the run of the message's step"),
+    "tool.execution.completed": _IN_RUN.format("the run of the execution's step"),
+    "agent.run.completed": "its run's: the run's last event",
+    "agent.tool.attached": "its agent's (never in a run)",
+    "agent.tool.detached": "its agent's (never in a run)",
+    "agent.job.completed": "its agent's (jobs have no run); a job without an agent: none (`sequence` is null)",
+    "webhook.test": "none (`sequence` is null)",
+    **{name: "none (`sequence` is null)" for name in OPERATIONAL_EVENT_TYPES},
+}
+# The examples in a run (the message's example has no step, so it is in its agent's stream).
+_EXAMPLES_IN_RUN = frozenset(name for name, stream in STREAMS.items() if stream.startswith("its run's")) - {
+    "agent.message.sent"
+}
 
-def unknown_patterns(patterns: list[str]) -> list[str]:
-    """The patterns that match no known event type (`agent.step.*` style wildcards allowed)."""
-    return [p for p in patterns if not any(fnmatch.fnmatchcase(t, p) for t in EVENT_TYPES)]
+
+def envelope_example(event_type: str) -> dict:
+    """An example of the whole body POSTed for a built-in event type: the envelope around its `data`."""
+    data = EVENT_TYPES[event_type][1]
+    in_stream = not STREAMS[event_type].startswith("none")
+    return {
+        "event_id": "evt_01JDX7Q2M4N8P0R2S4T6V8W0Y2",
+        "event_type": event_type,
+        "timestamp": "2026-11-28T12:00:00.123456Z",
+        "agent_id": "agent-2c4e…" if in_stream else None,
+        "run_id": data.get("run_id", "run-0d9a…") if event_type in _EXAMPLES_IN_RUN else None,
+        "sequence": 7 if in_stream else None,
+        "previous_event_id": "evt_01JDX7Q1Z9B3C5D7E9F1G3H5J7" if in_stream else None,
+        "organization_id": "org-8b1d…",
+        "data": data,
+    }
+
+
+def unknown_patterns(patterns: list[str], registered: Iterable[str] = ()) -> list[str]:
+    """The patterns that match no known event type (`agent.step.*` style wildcards allowed): none
+    of the catalog's, nor of `registered` (an organization's own types, webhooks/event_types.py)."""
+    known = [*EVENT_TYPES, *registered]
+    return [p for p in patterns if not any(fnmatch.fnmatchcase(t, p) for t in known)]

@@ -3,6 +3,7 @@
 import datetime
 import fnmatch
 import functools
+import logging
 import re
 import secrets
 
@@ -11,7 +12,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import catalog, clientcert, credentials, crypto, signing
+from . import catalog, clientcert, content_filter, credentials, crypto, signing
+
+logger = logging.getLogger(__name__)
 
 # Headers the service sets on every POST; an endpoint's custom headers may not replace them.
 RESERVED_HEADERS = frozenset(
@@ -157,8 +160,25 @@ class EndpointQuerySet(models.QuerySet):
         return endpoints
 
 
+class EndpointKind(models.TextChoices):
+    PUSH = "push", "push: POSTed to its URL"
+    PULL = "pull", "pull: read from the event feed"
+
+
+def url_problem(kind: str, url: str) -> str | None:
+    """What is wrong with `url` for an endpoint of `kind` (the API and the admin say the same)."""
+    if kind == EndpointKind.PUSH and not url:
+        return "required for a push endpoint (or choose kind: pull)"
+    if kind == EndpointKind.PULL and url:
+        return "a pull endpoint has no URL: its events are read from the feed"
+    return None
+
+
 class Endpoint(models.Model):
     id = models.CharField(primary_key=True, max_length=40, default=new_endpoint_id, editable=False)
+    # A pull endpoint has no URL and is never POSTed to: its events are read, signed with its
+    # secret, from GET /api/v1/events/feed/?endpoint=<id> (`webhooks listen`, deliveries/feed.py).
+    kind = models.CharField(max_length=4, choices=EndpointKind.choices, default=EndpointKind.PUSH)
     organization = models.ForeignKey("agents_hooks.Organization", on_delete=models.CASCADE, related_name="endpoints")
     agent = models.ForeignKey(
         "agents_hooks.Agent",
@@ -168,7 +188,7 @@ class Endpoint(models.Model):
         related_name="endpoints",
         help_text="Only this agent's events; empty for every agent of the organization.",
     )
-    url = models.URLField(max_length=2048)
+    url = models.URLField(max_length=2048, blank=True, help_text="Where events are POSTed; empty for a pull endpoint.")
     description = models.CharField(max_length=500, blank=True, default="")
     event_types = models.JSONField(
         default=list,
@@ -206,6 +226,14 @@ class Endpoint(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(MAX_RATE_LIMIT)],
         help_text="At most this many deliveries per second (the rest wait their turn); empty for no limit.",
     )
+    # A content filter over the envelope (webhooks/content_filter.py: its grammar and bounds),
+    # checked by the API and the admin before it is stored; null: every event its types take.
+    filter = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='Only events whose envelope passes, e.g. {"path": "data.status", "in": ["failed"]}; '
+        "empty for every event its types take.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -215,7 +243,7 @@ class Endpoint(models.Model):
         indexes = [models.Index(fields=["organization", "is_active"])]
 
     def __str__(self) -> str:
-        return self.url
+        return self.url or f"pull endpoint {self.pk}"
 
     @property
     def secret(self) -> str:
@@ -274,16 +302,60 @@ class Endpoint(models.Model):
         case-insensitively, as HTTP does)."""
         return {k: v for k, v in (self.headers or {}).items() if k.lower() not in RESERVED_HEADERS}
 
-    def receives(self, event_type: str, agent_id: str | None) -> bool:
-        """Whether this endpoint's scope and filter take an event of this type from this agent.
+    def receives(self, event_type: str, agent_id: str | None, envelope: content_filter.Envelope | None = None) -> bool:
+        """Whether this endpoint's scope and filter take an event of this type from this agent
+        (and, given the event's `envelope`, whether that passes its content filter).
 
         An empty filter takes every agent event but no operational one (`endpoint.*`,
         `delivery.dead`): those are for the people running the service, and go only where a
         pattern names them ("endpoint.*", "delivery.dead", "*"), as Svix does. They concern
-        the organization, not an agent: an endpoint scoped to one agent never gets them."""
+        the organization, not an agent: an endpoint scoped to one agent never gets them.
+
+        Without `envelope` the content filter is not consulted: a search by event type, or an
+        oversize event whose data is gone (fan-out then records a failed delivery, never nothing)."""
         if self.agent_id is not None and self.agent_id != agent_id:
             return False
         patterns = self.event_types or ()
         if not patterns:
-            return event_type not in catalog.OPERATIONAL_EVENT_TYPES
-        return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
+            taken = event_type not in catalog.OPERATIONAL_EVENT_TYPES
+        else:
+            taken = any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
+        if not taken or envelope is None or self.filter is None:
+            return taken
+        return self.compiled_filter(envelope.value)
+
+    @functools.cached_property
+    def compiled_filter(self) -> content_filter.Test:
+        """`filter` compiled (once per instance: fan-out loads its endpoints once per batch).
+
+        A filter the API would refuse can only come from code or SQL around it: it is ignored,
+        with an ERROR in the log, so its events are delivered rather than lost."""
+        if self.filter is None:
+            return lambda envelope: True
+        try:
+            return content_filter.compile_filter(content_filter.check(self.filter))
+        except (content_filter.FilterError, AttributeError, KeyError, TypeError) as exc:
+            logger.error("endpoint %s: invalid content filter ignored (%s): fix it through the API", self.pk, exc)
+            return lambda envelope: True
+
+
+class EventType(models.Model):
+    """An event type an organization registered to publish itself (`POST /api/v1/events/`),
+    beside the built-in catalog (webhooks/catalog.py). Its rules (the name, the schema) are
+    `webhooks.event_types`'s; endpoints subscribe to it like to any type."""
+
+    organization = models.ForeignKey(
+        "agents_hooks.Organization", on_delete=models.CASCADE, related_name="event_types", db_index=False
+    )
+    name = models.CharField(max_length=100)
+    description = models.CharField(max_length=500)
+    # A JSON Schema (Draft 2020-12) each published event's `data` must satisfy; null: any object.
+    schema = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="event_type_name_per_org")]
+
+    def __str__(self) -> str:
+        return self.name

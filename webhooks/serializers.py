@@ -6,11 +6,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents_hooks.models import Agent
-from agents_hooks.serializers import OrganizationObject, check_url
+from agents_hooks.serializers import OrganizationObject, check_json_text, check_url
 from deliveries import policy, recovery
 
-from . import catalog, clientcert, credentials
-from .models import RESERVED_HEADERS, Endpoint, redact_headers
+from . import catalog, clientcert, content_filter, credentials, event_types
+from .models import RESERVED_HEADERS, Endpoint, EndpointKind, redact_headers, url_problem
 
 
 @extend_schema_field(
@@ -26,6 +26,47 @@ class RetryScheduleField(serializers.JSONField):
     """A list of waits; validated by `EndpointSerializer.validate_retry_schedule`."""
 
 
+FILTER_HELP = (
+    "Optional content filter over the event envelope (the JSON POSTed: `event_type`, `agent_id`, `data`, ...): "
+    "of the events its types and agent take, the endpoint receives only those that pass. null: no filter.\n\n"
+    "One condition, as JSON:\n"
+    '* `{"path": "data.status", "eq": "failed"}`: equal (a string, number, boolean or null; no conversion, '
+    '`1` is not `"1"`)\n'
+    '* `{"path": "data.status", "in": ["failed", "cancelled"]}`: equal to one of the list\n'
+    '* `{"path": "data.usage.total_tokens", "gt": 10000}`: also `gte`, `lt`, `lte`; numbers only\n'
+    '* `{"path": "data.error", "exists": true}`: present and not null (`false`: absent or null)\n'
+    '* `{"path": "data.usage.total_tokens", "gte": 1000, "lt": 5000}`: several operators on one path all hold\n'
+    '* `{"and": [...]}`, `{"or": [...]}`, `{"not": {...}}`: combine conditions\n\n'
+    "A path is dotted from the envelope's top (`event_type`, `data.usage.total_tokens`; a number indexes a list). "
+    "An absent path fails every comparison. "
+    f"At most {content_filter.MAX_BYTES} bytes as JSON, {content_filter.MAX_DEPTH} levels deep, "
+    f"{content_filter.MAX_CONDITIONS} conditions, {content_filter.MAX_IN} values in an `in`. "
+    "A mistake is a 400 naming the part: `and[1].gt: expects a number, got 'x'`. "
+    "Try one on a sample event with POST /api/v1/webhooks/{id}/test-filter/."
+)
+FILTER_EXAMPLE = {
+    "and": [
+        {"path": "data.status", "in": ["failed", "cancelled"]},
+        {"or": [{"path": "data.usage.total_tokens", "gt": 10000}, {"path": "data.error", "exists": True}]},
+    ]
+}
+
+
+@extend_schema_field({"type": "object", "nullable": True, "additionalProperties": {}, "example": FILTER_EXAMPLE})
+class ContentFilterField(serializers.JSONField):
+    """A content filter (webhooks/content_filter.py) or null; checked by `content_filter.check`."""
+
+
+def check_filter(value):
+    """`value` as a content filter (None: none), or a 400 naming the bad part of it."""
+    try:
+        content_filter.check(value)
+    except content_filter.FilterError as exc:
+        raise serializers.ValidationError(str(exc)) from exc
+    check_json_text(value)  # what PostgreSQL's jsonb cannot hold (after the depth is known bounded)
+    return value
+
+
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
 # RFC 9110 5.5: visible ASCII, space and tab. Anything else would be sent mangled or refused.
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
@@ -33,9 +74,28 @@ MAX_HEADERS = 20
 
 
 class EndpointSerializer(serializers.ModelSerializer):
-    url = serializers.URLField(max_length=2048)
+    url = serializers.URLField(
+        max_length=2048, required=False, allow_blank=True, help_text="Where events are POSTed; a push endpoint's only."
+    )
+    kind = serializers.ChoiceField(
+        choices=EndpointKind.choices,
+        required=False,
+        help_text=(
+            "push (the default): events are POSTed to `url`. pull: no URL; its events are read, signed with its "
+            "secret, from GET /api/v1/events/feed/?endpoint=<id> (what `listen` follows). Set on create only."
+        ),
+    )
     agent = OrganizationObject(Agent, required=False, allow_null=True)
-    event_types = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=50)
+    event_types = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        max_length=50,
+        help_text=(
+            'Event types to receive, "agent.step.*" style patterns allowed (GET /api/v1/event-types/ lists them). '
+            "Empty ([], the default) means every agent event; operational events (endpoint.*, delivery.dead) only "
+            'where a pattern names them ("endpoint.*", "*").'
+        ),
+    )
     headers = serializers.DictField(
         child=serializers.CharField(max_length=1000, allow_blank=True),
         required=False,
@@ -72,6 +132,7 @@ class EndpointSerializer(serializers.ModelSerializer):
         trim_whitespace=False,
         help_text="Mutual TLS: the certificate's private key, PEM, unencrypted. Write-only.",
     )
+    filter = ContentFilterField(required=False, allow_null=True, help_text=FILTER_HELP)
     has_client_certificate = serializers.BooleanField(read_only=True)
     client_certificate_subject = serializers.CharField(source="client_cert_subject", read_only=True)
     client_certificate_expires_at = serializers.DateTimeField(
@@ -81,14 +142,15 @@ class EndpointSerializer(serializers.ModelSerializer):
     class Meta:
         model = Endpoint
         fields = [
-            "id", "url", "agent", "description", "event_types", "is_active", "headers", "rate_limit",
-            "retry_schedule", "client_certificate", "client_key", "has_client_certificate",
+            "id", "kind", "url", "agent", "description", "event_types", "is_active", "headers", "rate_limit",
+            "retry_schedule", "filter", "client_certificate", "client_key", "has_client_certificate",
             "client_certificate_subject", "client_certificate_expires_at", "disabled_at", "disabled_reason",
             "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["disabled_at", "disabled_reason"]
 
     def validate(self, attrs):
+        self._check_kind(attrs)
         cert, key = attrs.pop("client_certificate", None), attrs.pop("client_key", None)
         if cert is None and key is None:
             return attrs
@@ -104,16 +166,29 @@ class EndpointSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
         return attrs
 
+    def _check_kind(self, attrs) -> None:
+        """A push endpoint needs a URL, a pull endpoint has none; the kind is chosen once."""
+        if self.partial and "kind" not in attrs and "url" not in attrs:
+            return  # a PATCH of other fields (or the admin checking one field by these rules)
+        kind = attrs.get("kind", self.instance.kind if self.instance else EndpointKind.PUSH)
+        if self.instance is not None and kind != self.instance.kind:
+            raise serializers.ValidationError({"kind": ["set on create only: create another endpoint"]})
+        if problem := url_problem(kind, attrs.get("url", self.instance.url if self.instance else "")):
+            raise serializers.ValidationError({"url": [problem]})
+
     def create(self, validated_data):
         if "_client_certificate" in validated_data:
             validated_data.update(_client_fields(validated_data.pop("_client_certificate")))
         return super().create(validated_data)
 
     def validate_url(self, value):
-        return check_url(value)
+        return check_url(value) if value else value
 
     def validate_event_types(self, value):
-        unknown = catalog.unknown_patterns(value)
+        # The organization's registered types count too: from the API's context, or for an
+        # endpoint being changed (the admin's form), its own organization.
+        organization = self.context.get("organization") or getattr(self.instance, "organization", None)
+        unknown = catalog.unknown_patterns(value, event_types.subscribable_names(organization))
         if unknown:
             raise serializers.ValidationError(
                 f"unknown event type(s): {', '.join(unknown)}; see /api/v1/event-types/ for the list"
@@ -127,6 +202,9 @@ class EndpointSerializer(serializers.ModelSerializer):
             return policy.parse_schedule(value)
         except policy.ScheduleError as exc:
             raise serializers.ValidationError(str(exc)) from exc
+
+    def validate_filter(self, value):
+        return check_filter(value)
 
     def validate_headers(self, value):
         if len(value) > MAX_HEADERS:
@@ -176,6 +254,55 @@ class EndpointWithSecretSerializer(EndpointSerializer):
         fields = [*EndpointSerializer.Meta.fields, "secret"]
 
 
+class TestFilterSerializer(serializers.Serializer):
+    """A sample to try the endpoint's filter (or another) on: an event given whole, or by id."""
+
+    event = serializers.DictField(
+        required=False,
+        help_text="A sample event: an envelope (an object with `event_type` or `data`, as POSTed), or only its "
+        '`data` (any other object, taken as `{"data": <it>}`).',
+    )
+    event_id = serializers.CharField(
+        required=False, max_length=40, help_text="Or one of your organization's events, by id (`evt_…`)."
+    )
+    filter = ContentFilterField(
+        required=False,
+        allow_null=True,
+        help_text="A filter to try instead of the endpoint's own (nothing is saved); left out: the endpoint's.",
+    )
+
+    def validate_filter(self, value):
+        return check_filter(value)
+
+    def validate(self, attrs):
+        if ("event" in attrs) == ("event_id" in attrs):
+            raise serializers.ValidationError({"event": ["give either event (a sample) or event_id, not both"]})
+        if "event" in attrs:
+            try:
+                check_json_text(attrs["event"])  # what could not be answered back as JSON
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"event": exc.detail}) from exc
+        return attrs
+
+
+class FilterVerdictSerializer(serializers.Serializer):
+    matches = serializers.BooleanField(help_text="Whether the event passes the filter (true when there is none).")
+    failed = serializers.CharField(
+        allow_null=True, help_text="The part of the filter that failed (`and[0].in`, `not`, `or`); null if it matches."
+    )
+    reason = serializers.CharField(
+        allow_null=True,
+        help_text="Why, e.g. \"data.status is 'success': wanted one of ['failed', 'cancelled']\"; null if it matches.",
+    )
+    filter = ContentFilterField(allow_null=True, help_text="The filter evaluated (null: none, every event passes).")
+    subscribed = serializers.BooleanField(
+        allow_null=True,
+        help_text="Whether the endpoint's event types and agent take this event at all (null: the sample has no "
+        "event_type). An event is sent only if subscribed and matching.",
+    )
+    envelope = serializers.DictField(help_text="The envelope the filter was evaluated on.")
+
+
 class RotatedSecretSerializer(serializers.Serializer):
     secret = serializers.CharField(read_only=True)
     previous_secret_expires_at = serializers.DateTimeField(read_only=True)
@@ -196,7 +323,57 @@ class RetriedSerializer(serializers.Serializer):
 class EventTypeSerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
-    example = serializers.DictField()
+    built_in = serializers.BooleanField(
+        help_text="true: the service's own, published by the platform; false: registered by your organization, "
+        "published by you with POST /api/v1/events/."
+    )
+    example = serializers.DictField(allow_null=True, help_text="An example of `data` (built-in types; null otherwise).")
+    schema = serializers.JSONField(
+        allow_null=True, help_text="The JSON Schema every published event's `data` must satisfy (registered types)."
+    )
+    created_at = serializers.DateTimeField(allow_null=True, help_text="When it was registered (null: built-in).")
+    updated_at = serializers.DateTimeField(allow_null=True)
+
+
+@extend_schema_field({"type": "object", "nullable": True, "additionalProperties": {}, "example": {"type": "object"}})
+class SchemaField(serializers.JSONField):
+    """A JSON Schema (Draft 2020-12) or null; checked by `event_types.check_schema`."""
+
+
+class EventTypeWriteSerializer(serializers.Serializer):
+    """Registers (POST) or changes (PATCH: description, schema) one of the organization's types;
+    the rules are `webhooks.event_types`'s."""
+
+    name = serializers.CharField(
+        max_length=event_types.NAME_MAX,
+        help_text="Lower-case dotted segments, e.g. billing.invoice.paid. Not a built-in name, nor under agent., "
+        "tool., webhook., endpoint. or delivery. Cannot be changed.",
+    )
+    description = serializers.CharField(max_length=event_types.DESCRIPTION_MAX)
+    schema = SchemaField(
+        required=False,
+        allow_null=True,
+        help_text=f"Optional JSON Schema (Draft 2020-12; `format` is not checked) that `data` must satisfy. "
+        f"At most {event_types.SCHEMA_MAX_BYTES} bytes and {event_types.SCHEMA_MAX_DEPTH} levels; "
+        "`$ref` only within the schema.",
+    )
+
+    def validate_name(self, value):
+        if self.instance is not None and value != self.instance.name:
+            raise serializers.ValidationError("cannot be changed (endpoints subscribe to it by name)")
+        return _rule(event_types.check_name, value) if self.instance is None else value
+
+    def validate_schema(self, value):
+        check_json_text(value)  # what PostgreSQL's jsonb cannot hold
+        return _rule(event_types.check_schema, value)
+
+
+def _rule(check, value):
+    """`check(value)`, its EventTypeError turned into this field's 400."""
+    try:
+        return check(value)
+    except event_types.EventTypeError as exc:
+        raise serializers.ValidationError(str(exc)) from exc
 
 
 def _client_fields(parsed: "clientcert.ClientCertificate | None") -> dict:

@@ -21,10 +21,12 @@ RESOURCES = {
     "tool-executions": "Calls of a tool. A final status publishes `tool.execution.completed`. History: never deleted.",
     "webhooks": "Webhook endpoints: where events are POSTed, signed (Standard Webhooks), and which "
     "event types each receives. The signing secret is shown once, on create and on rotation.",
-    "events": "Events published for your organization, each delivered to every subscribed endpoint.",
+    "events": "Events of your organization, each delivered to every subscribed endpoint: read them, publish your "
+    "own (of a type you registered), or follow the pull feed.",
     "deliveries": "One delivery per event and endpoint: its status and every attempt (status code, "
     "duration, response). Failed or dead deliveries can be retried.",
-    "event-types": "The event types an endpoint can subscribe to, with an example of each `data`.",
+    "event-types": "The event types an endpoint can subscribe to: the built-in ones, with an example of each `data`, "
+    "and those your organization registers (with an optional JSON Schema) to publish its own events.",
     "stats": "Delivery statistics of the whole service (staff only).",
 }
 SINGULAR = {
@@ -150,6 +152,19 @@ def webhook_schemas() -> dict[str, dict]:
                 "event_type": {"type": "string", "enum": [event_type]},
                 "timestamp": {"type": "string", "format": "date-time"},
                 "agent_id": {"type": "string", "nullable": True},
+                "run_id": {"type": "string", "nullable": True, "description": "The run it belongs to, if any."},
+                "sequence": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": "Its number in its stream, 1, 2, 3... with no gaps, across all event types of "
+                    "the stream: a missing number is an event not received yet (late, being retried) or of a type "
+                    f"this endpoint does not subscribe to. Stream: {catalog.STREAMS[event_type]}.",
+                },
+                "previous_event_id": {
+                    "type": "string",
+                    "nullable": True,
+                    "description": "The event numbered `sequence - 1` in the same stream; null for the first.",
+                },
                 "organization_id": {"type": "string"},
                 # No "required" in data: an oversize event's stand-in keeps only its ids.
                 "data": {"type": "object", "properties": {key: types[key] for key in example}, "example": example},
@@ -160,7 +175,18 @@ def webhook_schemas() -> dict[str, dict]:
                 },
                 "payload_bytes": {"type": "integer"},
             },
-            "required": ["event_id", "event_type", "timestamp", "agent_id", "organization_id", "data"],
+            "required": [
+                "event_id",
+                "event_type",
+                "timestamp",
+                "agent_id",
+                "run_id",
+                "sequence",
+                "previous_event_id",
+                "organization_id",
+                "data",
+            ],
+            "example": catalog.envelope_example(event_type),
         }
     return schemas
 

@@ -137,6 +137,7 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
+FORMAT_MODULE_PATH = ["webhooks_project.formats"]  # times to the second (formats/en/formats.py)
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -209,6 +210,8 @@ SPECTACULAR_SETTINGS = {
     # One tag per resource, described (webhooks_project/schema.py).
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "webhooks_project.schema.describe"],
     "ENUM_NAME_OVERRIDES": {
+        "EndpointKindEnum": "webhooks.models.EndpointKind",
+        "DeliveryKindEnum": "deliveries.models.DeliveryKind",
         "RunStatusEnum": "agents_hooks.models.RunStatus",
         "StepStatusEnum": "agents_hooks.models.StepStatus",
         "ToolExecutionStatusEnum": "agents_hooks.models.ToolExecutionStatus",
@@ -266,6 +269,9 @@ WEBHOOK_DUE_YIELD_MAX = env_positive("WEBHOOK_DUE_YIELD_MAX", "float", 0.25)
 # An event not fanned out this many seconds after it was published lost its message (broker
 # down at the time): the due loop fans it out from the database.
 WEBHOOK_STRANDED_AFTER = env_positive("WEBHOOK_STRANDED_AFTER", "float", 10.0)
+# The longest a pull-feed request waits for new events (GET /api/v1/events/feed/?wait=):
+# each waiting request holds a web worker thread (deliveries/feed.py).
+WEBHOOK_FEED_MAX_WAIT = env_positive("WEBHOOK_FEED_MAX_WAIT", "float", 30.0, minimum=0.0)
 # The longest any wait sits in the broker: a task that could not run (database unreachable)
 # is retried by Celery with exponential backoff, each wait at most this, up to
 # TASK_MAX_RETRIES times. Delivery retries never wait in the broker.
@@ -485,4 +491,5 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULER = "webhooks_project.beat:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE = {
     "purge-old-attempts": {"task": "deliveries.tasks.purge_attempts", "schedule": 3600.0},
+    "purge-idempotency-keys": {"task": "deliveries.tasks.purge_idempotency_keys", "schedule": 3600.0},
 }

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.http import JsonResponse
-from django.urls import include, path, re_path
+from django.urls import Resolver404, include, path, re_path, resolve
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
@@ -24,6 +25,25 @@ def not_found(request, exception):
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Not found."}, status=404)
     return defaults.page_not_found(request, exception)
+
+
+@csrf_exempt  # any method: a POST must get this answer too, not the CSRF check's 403 page
+def api_not_found(request):
+    """Every /api/ URL no API view takes, in any method and whatever DEBUG says: a JSON 404, and for
+    a URL missing its trailing slash, one naming the URL that works. (Left to Django, a POST
+    there was a 500 page in DEBUG, from APPEND_SLASH, and otherwise a 301 that loses the body;
+    and any unknown /api/ URL was an HTML page in DEBUG, which skips handler404.)"""
+    detail = "Not found."
+    if not request.path_info.endswith("/"):
+        try:
+            match = resolve(request.path_info + "/")
+        except Resolver404:
+            match = None
+        if match is not None and match.func is not api_not_found:
+            query = request.META.get("QUERY_STRING", "")
+            with_slash = request.path + "/" + (f"?{query}" if query else "")
+            detail = f"Not found; API URLs end with a slash: {with_slash}"
+    return JsonResponse({"detail": detail}, status=404)
 
 
 handler404 = not_found
@@ -49,8 +69,10 @@ urlpatterns = [
     re_path(r"^health/ready/?$", probes.ready_view),
     path("metrics", monitoring.view),
     path("api/v1/event-types/", webhooks_api.EventTypesView.as_view(), name="event-types"),
+    path("api/v1/event-types/<str:name>/", webhooks_api.EventTypeView.as_view(), name="event-type"),
     path("api/v1/stats/", deliveries_api.StatsView.as_view(), name="stats"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    re_path(r"^api(?:/|$)", api_not_found),  # last: whatever no pattern above takes
 ]
