@@ -47,11 +47,19 @@ def install(requirements: Path) -> None:
         output.append(line)
         if line.startswith(("Collecting ", "Processing ")):
             count += 1
-            print(f"  [{count}] {line.split()[1]}", flush=True)
+            print(f"  [{count}] {package(line.split()[1])}", flush=True)
     if proc.wait():
         sys.stderr.write("".join(output))
         sys.exit(f"pip install -r {requirements.name} failed (exit {proc.returncode}); its output is above")
     print(f"installed in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def package(requirement: str) -> str:
+    """What pip is installing, as a name: `django<5.3,>=5.2` as is, a wheel's path as `cffi==2.1.1`."""
+    name = Path(requirement).name
+    if name.endswith((".whl", ".tar.gz", ".zip")) and name.count("-") >= 1:
+        return "==".join(name.split("-")[:2])
+    return requirement
 
 
 def main() -> None:

@@ -27,9 +27,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             return self._key(header)
         if _logged_in(request):
             return None  # the browsable API behind a proxy's Basic auth: the session decides
+        # Said by HasOrganization when the view needs a key: an open page (the schema, the docs)
+        # stays open to a request with a proxy's Basic auth.
         if not header:
             if request.headers.get("X-API-Key"):
-                raise exceptions.AuthenticationFailed(f"X-API-Key is not read: {self.expected}")
+                request._key_hint = f"X-API-Key is not read: {self.expected}"
             return None
         scheme = header[0]
         if scheme.startswith(ApiKey.PREFIX):
@@ -38,7 +40,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             got = "a value with no scheme"  # not repeated: it may be a credential
         else:
             got = f"scheme '{scheme if len(scheme) <= 20 else scheme[:10] + '…'}'"
-        raise exceptions.AuthenticationFailed(f"{self.expected} (got {got})")
+        request._key_hint = f"{self.expected} (got {got})"
+        return None
 
     def _key(self, header: list[str]):
         if len(header) != 2:
@@ -70,7 +73,11 @@ class HasOrganization(permissions.BasePermission):
     def has_permission(self, request, view):
         if isinstance(request.auth, ApiKey):
             return True
-        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+        if request.user and request.user.is_authenticated and request.user.is_staff:
+            return True
+        if hint := getattr(request, "_key_hint", None):  # a key sent the wrong way: say the right one
+            raise exceptions.AuthenticationFailed(hint)
+        return False
 
 
 def organization_of(request) -> Organization:

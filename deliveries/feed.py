@@ -33,6 +33,9 @@ from django.conf import settings
 from django.db import connection
 from django.db.models.expressions import RawSQL
 
+from webhooks import credentials
+from webhooks.models import EndpointKind, redact_headers
+
 from . import compose, fanout
 from .models import Delivery, DeliveryKind, Event
 
@@ -50,6 +53,7 @@ class Item:
     event: Event
     cursor: str
     headers: dict[str, str] | None  # with an endpoint: the signed headers of a POST to it
+    unsent: str = ""  # with an endpoint: why this event is not to be forwarded (no headers then)
 
 
 @dataclass(frozen=True)
@@ -59,25 +63,38 @@ class Page:
     has_more: bool  # more is already waiting: ask again at once
 
 
+class BadEndpoint(ValueError):
+    """Not an endpoint whose feed can be read."""
+
+
+def check_endpoint(endpoint) -> None:
+    """A feed is read for a pull endpoint that is active (the API's 400 and the CLI's say so)."""
+    if not endpoint.is_active:
+        raise BadEndpoint(f"{endpoint.pk} is disabled: enable it to read its feed.")
+    if endpoint.kind != EndpointKind.PULL:
+        raise BadEndpoint(f"{endpoint.pk} is a push endpoint: its events are POSTed to it. Create one with kind: pull.")
+
+
 def read(organization_id: str, *, after: str | None, limit: int = 100, wait: float = 0, endpoint=None) -> Page:
     """The organization's events after `after` (from the oldest kept when None), at most
     `limit`; if there are none yet, wait up to `wait` seconds for some (a long poll)."""
+    if endpoint is not None:
+        check_endpoint(endpoint)
     if after == LATEST:
         return Page([], _latest(organization_id), False)
-    position = _decode(after)
     deadline = time.monotonic() + wait
     while True:
-        page = _page(organization_id, position, after, limit, endpoint)
+        page = _page(organization_id, after, limit, endpoint)
         remaining = deadline - time.monotonic()
         if page.items or page.has_more or remaining <= 0:
             return page
         time.sleep(min(POLL_INTERVAL, remaining))
-        position = _decode(page.next)
+        after = page.next  # past what the endpoint's filter passed over, too
 
 
-def _page(organization_id: str, position: tuple, after: str | None, limit: int, endpoint) -> Page:
+def _page(organization_id: str, after: str | None, limit: int, endpoint) -> Page:
     items: list[Item] = []
-    cursor = after or _encode(_start())
+    position, cursor = _decode(after), after or _encode(_start())
     scanned = 0
     while len(items) < limit and scanned < SCAN_MAX:
         # With an endpoint's filter most rows may be passed over: look at them in larger chunks.
@@ -94,11 +111,24 @@ def _page(organization_id: str, position: tuple, after: str | None, limit: int, 
             if endpoint is None:
                 items.append(Item(event, cursor, None))
             elif _addressed_to(endpoint, event):
-                request = compose.build(Delivery(event=event, endpoint=endpoint, kind=DeliveryKind.ENDPOINT), now, keys)
-                items.append(Item(event, cursor, request.headers))
+                items.append(_signed(event, endpoint, cursor, now, keys))
             if len(items) == limit:
                 break
     return Page(items, cursor, True)
+
+
+def _signed(event: Event, endpoint, cursor: str, now: int, keys: dict) -> Item:
+    """The event as a POST to `endpoint` would carry it, or why it would not be sent: too large
+    (a push endpoint gets a failed delivery saying so), or a request that cannot be built. The
+    endpoint's credential headers stay out: write-only everywhere, they are not handed to every
+    holder of the organization's API key."""
+    if event.oversize_bytes is not None:
+        return Item(event, cursor, None, fanout.too_large(event.oversize_bytes))
+    request = compose.build(Delivery(event=event, endpoint=endpoint, kind=DeliveryKind.ENDPOINT), now, keys)
+    if request.error:
+        return Item(event, cursor, None, request.error)
+    shown = redact_headers(request.headers)
+    return Item(event, cursor, {name: value for name, value in shown.items() if value != credentials.MASK})
 
 
 def _addressed_to(endpoint, event: Event) -> bool:
@@ -179,6 +209,8 @@ def as_json(page: Page) -> dict:
             entry["oversize_bytes"] = event.oversize_bytes  # the body is the stand-in without data
         if item.headers is not None:
             entry["headers"] = item.headers
+        if item.unsent:
+            entry["unsent"] = item.unsent
         events.append(entry)
     return {"events": events, "next": page.next, "has_more": page.has_more}
 

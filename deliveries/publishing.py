@@ -57,7 +57,9 @@ def check_key(key: str) -> str:
 
 def fingerprint(body) -> str:
     """What makes two requests "the same body": sha256 of the body in canonical JSON (sorted keys,
-    no spaces), so key order and whitespace do not count."""
+    no spaces), so key order and whitespace do not count, nor `"agent": null` against no agent."""
+    if isinstance(body, dict) and "agent" in body and body["agent"] is None:
+        body = {k: v for k, v in body.items() if k != "agent"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()
 

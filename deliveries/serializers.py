@@ -8,9 +8,9 @@ from rest_framework import serializers
 from agents_hooks.models import Agent, Organization
 from agents_hooks.serializers import OrganizationObject
 from webhooks import event_types
-from webhooks.models import Endpoint, EndpointKind
+from webhooks.models import Endpoint
 
-from . import stats
+from . import feed, stats
 from .events import dumps
 from .models import Attempt, Delivery, Event
 
@@ -191,7 +191,7 @@ class FeedQuerySerializer(serializers.Serializer):
     wait = serializers.FloatField(
         required=False, default=0, min_value=0,
         help_text="Seconds to wait for an event when there is none yet (a long poll); at most WEBHOOK_FEED_MAX_WAIT "
-        "(30 by default), more is taken as that.",
+        "(25 by default), more is taken as that.",
     )  # fmt: skip
     limit = serializers.IntegerField(required=False, default=100, min_value=1, help_text="At most this many, 1-500.")
     endpoint = OrganizationObject(
@@ -207,12 +207,10 @@ class FeedQuerySerializer(serializers.Serializer):
         return min(value, 500)
 
     def validate_endpoint(self, value):
-        if not value.is_active:
-            raise serializers.ValidationError(f"{value.pk} is disabled: enable it to read its feed.")
-        if value.kind != EndpointKind.PULL:
-            raise serializers.ValidationError(
-                f"{value.pk} is a push endpoint: its events are POSTed to it. Create one with kind: pull."
-            )
+        try:
+            feed.check_endpoint(value)
+        except feed.BadEndpoint as exc:
+            raise serializers.ValidationError(str(exc)) from None
         return value
 
 

@@ -162,3 +162,12 @@ def test_a_logged_in_staff_user_behind_basic_auth_is_not_refused(org):
     client = APIClient(headers={"Authorization": "Basic dXNlcjpwYXNz"})
     client.force_login(User.objects.create_user("staff", is_staff=True))
     assert client.get("/api/v1/webhooks/").status_code == 200
+
+
+def test_an_open_page_stays_open_to_a_proxys_basic_auth(db):
+    from rest_framework.test import APIClient
+
+    client = APIClient(HTTP_AUTHORIZATION="Basic dXNlcjpwYXNz")
+    assert client.get("/api/schema/").status_code == 200
+    refused = client.get("/api/v1/webhooks/")  # a page that needs a key still says which way
+    assert refused.status_code == 401 and "Authorization: Bearer <api key>" in refused.json()["detail"]

@@ -349,3 +349,19 @@ def test_a_bad_filter_in_the_admin_is_a_form_error(admin_client, make_endpoint, 
     assert message.startswith(error), message
     endpoint.refresh_from_db()
     assert endpoint.filter is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_path_of_unicode_digits_is_a_key_not_an_index_and_never_stops_fan_out(org, make_endpoint):
+    from django.db import transaction
+
+    from deliveries import fanout
+    from deliveries.events import publish
+
+    odd = make_endpoint("/odd", filter={"path": "data.²", "eq": 1})  # "²".isdigit() is true; int("²") fails
+    plain = make_endpoint("/plain")
+    with transaction.atomic():
+        matching = publish("agent.custom.thing", organization=org, data={"²": 1})
+        other = publish("agent.custom.thing", organization=org, data={"n": 2})
+    delivered = {(d.event_id, d.endpoint_id) for d in fanout.fan_out([matching.pk, other.pk])}
+    assert delivered == {(matching.pk, odd.pk), (matching.pk, plain.pk), (other.pk, plain.pk)}

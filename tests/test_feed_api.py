@@ -241,8 +241,10 @@ def test_listen_fetches_a_fresh_signature_for_an_event_it_could_not_forward_for_
         return "200 OK"
 
     monkeypatch.setattr(loop, "forward", forward)
-    monkeypatch.setattr(loop, "RESIGN_AFTER", -1)  # every retry finds the signature too old
-    listener = loop.Listener(page, "ep_1", "http://127.0.0.1:9/", max_events=1, out=io.StringIO(), sleep=lambda s: 0)
+    monkeypatch.setattr(loop, "RESIGN_AFTER", 0.05)  # each wait after a failure outlasts the signature
+    listener = loop.Listener(
+        page, "ep_1", "http://127.0.0.1:9/", max_events=1, out=io.StringIO(), sleep=lambda s: time.sleep(0.06)
+    )
     listener.run(after="c0")
     assert fetches == ["c0", "c0", "c0"]  # the same position, read again after each failure
     assert sent == ["3"]  # sent once, with the signature of the last read
@@ -257,3 +259,42 @@ def test_listen_py_runs_with_the_standard_library_alone(tmp_path):
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--forward-to" in result.stdout and "WEBHOOKS_API_KEY" in result.stdout
+
+
+def test_listen_does_not_forward_what_the_feed_marks_unsent(monkeypatch):
+    """An oversize event (a push endpoint gets a failed delivery for it) is said, not forwarded,
+    and the position moves past it."""
+    import io
+
+    from webhooks import listen as loop
+
+    sent, out = [], io.StringIO()
+    events = [
+        {"id": "evt_big", "type": "agent.step.completed", "cursor": "c1", "body": "{}", "unsent": "payload too large"},
+        {"id": "evt_ok", "type": "agent.step.completed", "cursor": "c2", "body": "{}", "headers": {"h": "1"}},
+    ]
+    monkeypatch.setattr(loop, "forward", lambda url, body, headers: sent.append(headers) or "200 OK")
+    listener = loop.Listener(lambda *a: {"events": events, "next": "c2", "has_more": False}, "ep_1",
+                             "http://127.0.0.1:9/", max_events=1, out=out)  # fmt: skip
+    listener.run(after=None)
+    assert sent == [{"h": "1"}]
+    assert "evt_big  not forwarded: payload too large" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_feed_keeps_credential_headers_out_and_marks_oversize_events(api, org, settings):
+    pull = Endpoint.objects.create(
+        organization=org, kind="pull", headers={"Authorization": "Bearer s3cret-t0ken", "X-Team": "ops"}
+    )
+    settings.WEBHOOK_MAX_PAYLOAD_BYTES = 600
+    small = publish_now(org, n=1)
+    big = publish_now(org, text="x" * 2000)
+    page = wait_until(
+        lambda: (r := api.get(FEED, {"endpoint": pull.pk, "wait": 5}).json())["events"] and len(r["events"]) == 2 and r,
+        message="both events",
+    )
+    first, second = page["events"]
+    assert first["id"] == small.pk and first["headers"]["X-Team"] == "ops"
+    assert "Authorization" not in first["headers"] and "s3cret" not in json.dumps(page)
+    assert second["id"] == big.pk and "headers" not in second
+    assert second["unsent"].startswith("payload too large") and second["oversize_bytes"] > 600

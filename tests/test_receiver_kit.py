@@ -226,3 +226,18 @@ def test_a_receiver_needs_a_secret_and_known_styles():
         kit.Receiver(signing.generate_secret(), styles=["hmac"])
     with pytest.raises(kit.VerificationError, match="whsec_"):
         kit.Receiver("not a secret!")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"webhook-id": "evt_1", "webhook-timestamp": "{now}", "webhook-signature": "v1,é"},
+        {"webhook-id": "évt", "webhook-timestamp": "{now}", "webhook-signature": "v1,abc"},
+        {"X-Letta-Timestamp": "{now}", "X-Letta-Signature": "sha256=\udcff"},
+    ],
+)
+def test_junk_in_signature_headers_is_refused_not_a_crash(headers):
+    now = str(int(time.time()))
+    filled = {k: v.replace("{now}", now) for k, v in headers.items()}
+    with pytest.raises(kit.VerificationError):
+        kit.Receiver(signing.generate_secret()).verify(b'{"event_id": "evt_1"}', filled)

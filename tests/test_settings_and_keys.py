@@ -24,6 +24,8 @@ from webhooks.models import Endpoint
         ("WEBHOOK_RETRY_JITTER", "1.5"),
         ("WEBHOOK_RETRY_JITTER", "true"),
         ("WEBHOOK_DUE_POLL_INTERVAL", "0"),
+        ("WEBHOOK_FEED_MAX_WAIT", "-1"),
+        ("WEBHOOK_FEED_MAX_WAIT", "soon"),
         ("WEBHOOK_MAX_RETRIES", "10"),  # replaced by WEBHOOK_RETRY_SCHEDULE: said so, not ignored
         ("WEBHOOK_SWEEP_GRACE", "60"),
         ("WEBHOOK_TIMEOUT", "-1"),

@@ -242,9 +242,14 @@ def _any(tests: tuple[Test, ...]) -> Test:
     return some
 
 
+def _index(segment: str) -> bool:
+    """A list index: ASCII digits only ("²".isdigit() is true, and int("²") fails)."""
+    return segment.isascii() and segment.isdigit()
+
+
 def _getter(segments: tuple[str, ...]) -> Callable[[dict], Any]:
     """The value at a path in an envelope, or _ABSENT."""
-    steps = tuple((s, int(s) if s.isdigit() else None) for s in segments)
+    steps = tuple((s, int(s) if _index(s) else None) for s in segments)
     if len(steps) == 1:
         key = segments[0]
         return lambda envelope: envelope.get(key, _ABSENT)

@@ -26,6 +26,7 @@ Exit status: 0 stopped (Ctrl-C, or --max-events reached), 1 the API refused (key
 """
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -64,8 +65,10 @@ class HttpFeed:
             headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as answer:
+            with _API.open(request, timeout=timeout or self.timeout) as answer:
                 return json.loads(answer.read())
+        except (ValueError, http.client.HTTPException) as error:  # not JSON, or cut short: a proxy's page
+            raise ConnectionError(f"an answer that is not the API's ({type(error).__name__})") from None
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:500]
             if error.code in (400, 401, 403, 404):
@@ -101,6 +104,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # a redirect is an answer like any other: printed, not followed
 
 
+# The API's key is never sent on to wherever a redirect points.
+_API = urllib.request.build_opener(_NoRedirect)
+
+
 class Listener:
     """The loop: read a page, forward each event in order, save the position, again."""
 
@@ -134,7 +141,10 @@ class Listener:
                 continue
             backoff, fetched = 1.0, time.monotonic()
             for event in answer["events"]:
-                if not self._forward(event, fetched):
+                if "unsent" in event or "headers" not in event:
+                    self.say(f"{time.strftime('%H:%M:%S')}  {event['type']:<28} {event['id']}  not forwarded: "
+                             f"{event.get('unsent', 'no signed headers')}")  # fmt: skip
+                elif not self._forward(event, fetched):
                     break  # its signature is getting old: read it again, freshly signed
                 after = event["cursor"]
                 self._save(after)
@@ -152,12 +162,12 @@ class Listener:
         wait = 1.0
         while True:
             started = time.monotonic()
+            if started - fetched > RESIGN_AFTER:
+                return False  # a slow receiver, or one that was down: this page's signatures are old
             try:
                 result = forward(self.forward_to, body, event["headers"])
                 break
             except OSError as error:
-                if started - fetched > RESIGN_AFTER:
-                    return False
                 reason = getattr(error, "reason", error)
                 self.say(f"{self.forward_to} did not answer ({reason}); {event['id']} again in {wait:.0f} s")
                 self.sleep(wait)
@@ -170,9 +180,16 @@ class Listener:
 
     def _save(self, cursor: str) -> None:
         if self.cursor_file is not None:
-            partial = self.cursor_file.with_name(self.cursor_file.name + ".tmp")
+            self._save_to(self.cursor_file, cursor)
+
+    @staticmethod
+    def _save_to(path: Path, cursor: str) -> None:
+        try:
+            partial = path.with_name(path.name + ".tmp")
             partial.write_text(cursor + "\n")
-            partial.replace(self.cursor_file)  # atomic: a crash leaves the old position or the new
+            partial.replace(path)  # atomic: a crash leaves the old position or the new
+        except OSError as error:
+            raise Refused(f"--cursor-file: cannot write {path}: {error.strerror or error}", 2) from None
 
 
 def say(out, line: str) -> None:
@@ -186,7 +203,10 @@ def start_position(args) -> str | None:
     if args.after:
         return args.after
     if args.cursor_file and Path(args.cursor_file).exists():
-        saved = Path(args.cursor_file).read_text().strip()
+        try:
+            saved = Path(args.cursor_file).read_text().strip()
+        except (OSError, UnicodeError) as error:
+            raise Refused(f"--cursor-file: cannot read {args.cursor_file}: {error}", 2) from None
         if saved:
             return saved
     return None if args.from_start else "latest"
@@ -245,6 +265,8 @@ def listen(page, create_endpoint, args, out=sys.stdout) -> None:
             say(out, f"Next time pass --endpoint {endpoint}.")
         cursor_file = Path(args.cursor_file) if args.cursor_file else None
         after = start_position(args)
+        if cursor_file is not None and after is not None:
+            Listener._save_to(cursor_file, after)  # can it be written? better said now than after an event
         say(out, f"Forwarding endpoint {endpoint}'s events to {args.forward_to} (Ctrl-C stops)")
         listener = Listener(
             page, endpoint, args.forward_to, cursor_file=cursor_file, max_events=args.max_events, out=out

@@ -334,7 +334,7 @@ class Endpoint(models.Model):
             return lambda envelope: True
         try:
             return content_filter.compile_filter(content_filter.check(self.filter))
-        except (content_filter.FilterError, AttributeError, KeyError, TypeError) as exc:
+        except Exception as exc:  # a filter that cannot compile must never stop fan-out for everyone
             logger.error("endpoint %s: invalid content filter ignored (%s): fix it through the API", self.pk, exc)
             return lambda envelope: True
 

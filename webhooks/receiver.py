@@ -160,7 +160,9 @@ class Receiver:
         else:
             names = {STANDARD: "webhook-signature", LETTA: "X-Letta-Signature"}
             raise VerificationError("no " + " or ".join(names[s] for s in self.styles) + " header")
-        if not any(hmac.compare_digest(e, r) for r in received.split() for e in expected):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a junk header is a 400, not a 500).
+        given = [r.encode("utf-8", "surrogateescape") for r in received.split()]
+        if not any(hmac.compare_digest(e.encode(), r) for r in given for e in expected):
             raise VerificationError(f"no {style} signature matches any of the {len(self.keys)} accepted secrets")
         return style, msg_id, timestamp
 
@@ -198,13 +200,15 @@ class MemoryReplayStore:
     def __init__(self):
         self._seen: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
+        self._sweep_at = 1024  # entries; doubled past what a sweep leaves, so sweeps stay rare
 
     def claim(self, key: str, ttl: float) -> str | None:
         """None if `key` is now claimed by the caller, else its state (PENDING or DONE)."""
         now = time.monotonic()
         with self._lock:
-            if len(self._seen) > 1024:  # drop the expired now and then, not on every call
+            if len(self._seen) > self._sweep_at:  # drop the expired now and then, not on every call
                 self._seen = {k: v for k, v in self._seen.items() if v[1] > now}
+                self._sweep_at = max(1024, 2 * len(self._seen))
             state = self._seen.get(key)
             if state is not None and state[1] > now:
                 return state[0]
@@ -229,15 +233,16 @@ class RedisReplayStore:
 
     def claim(self, key: str, ttl: float) -> str | None:
         name = self.prefix + key
-        if self.client.set(name, PENDING, nx=True, ex=int(ttl)):
+        seconds = max(1, int(ttl))  # Redis refuses ex=0
+        if self.client.set(name, PENDING, nx=True, ex=seconds):
             return None
         state = self.client.get(name)
         if state is None:  # expired between the two calls: try once more
-            return None if self.client.set(name, PENDING, nx=True, ex=int(ttl)) else PENDING
+            return None if self.client.set(name, PENDING, nx=True, ex=seconds) else PENDING
         return state.decode() if isinstance(state, bytes) else state
 
     def finish(self, key: str, ttl: float) -> None:
-        self.client.set(self.prefix + key, DONE, ex=int(ttl))
+        self.client.set(self.prefix + key, DONE, ex=max(1, int(ttl)))
 
     def release(self, key: str) -> None:
         self.client.delete(self.prefix + key)

@@ -271,7 +271,7 @@ WEBHOOK_DUE_YIELD_MAX = env_positive("WEBHOOK_DUE_YIELD_MAX", "float", 0.25)
 WEBHOOK_STRANDED_AFTER = env_positive("WEBHOOK_STRANDED_AFTER", "float", 10.0)
 # The longest a pull-feed request waits for new events (GET /api/v1/events/feed/?wait=):
 # each waiting request holds a web worker thread (deliveries/feed.py).
-WEBHOOK_FEED_MAX_WAIT = env_positive("WEBHOOK_FEED_MAX_WAIT", "float", 30.0, minimum=0.0)
+WEBHOOK_FEED_MAX_WAIT = env_positive("WEBHOOK_FEED_MAX_WAIT", "float", 25.0, minimum=0.0)
 # The longest any wait sits in the broker: a task that could not run (database unreachable)
 # is retried by Celery with exponential backoff, each wait at most this, up to
 # TASK_MAX_RETRIES times. Delivery retries never wait in the broker.

@@ -29,19 +29,23 @@ def listen(console: Console, *, organization=None, **options) -> None:
     org = common.organization(organization) or _the_only_organization()
     args = _Arguments(options)
     if args.endpoint:
-        endpoint = common.endpoint(args.endpoint, org, "--endpoint")
-        if endpoint.kind != EndpointKind.PULL:
-            raise common.bad_argument(f"--endpoint: {endpoint.pk} is a push endpoint; listen follows a pull one")
-    endpoints: dict[str, Endpoint] = {}
+        try:
+            feed.check_endpoint(common.endpoint(args.endpoint, org, "--endpoint"))
+        except feed.BadEndpoint as exc:
+            raise common.bad_argument(f"--endpoint: {exc}") from None
 
     def page(after, endpoint_id, wait):
         try:
             close_old_connections()  # a long-running command: reconnect if the database went away
-            if endpoint_id not in endpoints:
-                endpoints[endpoint_id] = Endpoint.objects.get(pk=endpoint_id, organization=org)
-            return feed.as_json(feed.read(org.pk, after=after, wait=wait, endpoint=endpoints[endpoint_id]))
+            # Read each time: a rotated secret, a new filter, a disabled endpoint apply at once.
+            endpoint = Endpoint.objects.filter(pk=endpoint_id, organization=org).first()
+            if endpoint is None:
+                raise loop.Refused(f"endpoint {endpoint_id} was deleted")
+            return feed.as_json(feed.read(org.pk, after=after, wait=wait, endpoint=endpoint))
         except feed.BadCursor as exc:
             raise loop.Refused(f"--after: {exc}", common.BAD_ARGUMENTS) from None
+        except feed.BadEndpoint as exc:
+            raise loop.Refused(str(exc)) from None
         except DatabaseError as exc:
             raise ConnectionError(f"the database: {str(exc).strip().splitlines()[0]}") from None
 
