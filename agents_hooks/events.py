@@ -120,12 +120,16 @@ def _message_data(message: Message) -> dict:
 
 def run_of_step(obj: Message | ToolExecution) -> str | None:
     """The run of the step `obj` belongs to, if any: from the step when it is loaded already (as
-    the API and `create(step=step)` leave it), else one small query."""
+    the API and `create(step=step)` leave it), else one small query, whose step is kept on `obj`
+    for the next call (the API checks an event's size before the save that publishes it)."""
     if obj.step_id is None:
         return None
-    if type(obj).step.is_cached(obj):
-        return obj.step.run_id
-    return Step.objects.filter(pk=obj.step_id).values_list("run_id", flat=True).first()
+    if not type(obj).step.is_cached(obj):
+        step = Step.objects.only("run_id").filter(pk=obj.step_id).first()
+        if step is None:
+            return None
+        obj.step = step
+    return obj.step.run_id
 
 
 def tool_attachment_changed(attachment: AgentTool, attached: bool) -> None:

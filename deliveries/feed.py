@@ -177,6 +177,12 @@ def _encode(position: tuple) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+def check_cursor(cursor: str) -> None:
+    """BadCursor unless `cursor` is one this feed gives (or `latest`): said before a reader starts."""
+    if cursor != LATEST:
+        _decode(cursor)
+
+
 def _decode(cursor: str | None) -> tuple:
     if not cursor:
         return _start()

@@ -10,8 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
+from rest_framework.test import APIClient
 
-from agents_hooks.models import Agent, Organization
+from agents_hooks.models import Agent, ApiKey, Organization
 from tests.receiver import RawServer, Receiver
 from tests.support import AMQP_URL, Worker
 from webhooks.models import Endpoint
@@ -128,6 +129,18 @@ def receiver_only(transactional_db, shared_worker, receiver):
 @pytest.fixture
 def org(db):
     return Organization.objects.create(name="Acme")
+
+
+@pytest.fixture
+def key(org) -> str:
+    """An API key of `org` (shown once, as `create_api_key` prints it)."""
+    return ApiKey.issue(org)[1]
+
+
+@pytest.fixture
+def api(key) -> APIClient:
+    """The REST API as `org`'s key holder calls it."""
+    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 @pytest.fixture

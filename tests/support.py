@@ -107,6 +107,19 @@ class Worker:
             pass
 
 
+def on_sqlite(tmp_path, script: str) -> str:
+    """Run `script` in `manage.py shell` on a fresh SQLite database (the embedded default of
+    `dev.py up`) in `tmp_path`; its output, once it has exited 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DJANGO_"))}
+    env.update(DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", DJANGO_SETTINGS_MODULE="webhooks_project.settings")
+    for command in (["migrate", "-v0"], ["shell", "-c", script]):
+        result = subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

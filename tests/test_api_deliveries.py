@@ -6,22 +6,15 @@ import datetime
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
-from agents_hooks.models import Agent, ApiKey
+from agents_hooks.models import Agent
 from deliveries.models import Delivery
 from tests.receiver import Reply
 from tests.support import logged_delivery, wait_until
 from webhooks.models import Endpoint
 
 PUBLIC = "https://93.184.216.34/hook"
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def logged(endpoint, status="succeeded", *, age_min=0, **fields):

@@ -10,8 +10,6 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from agents_hooks.models import ApiKey
-
 pytestmark = pytest.mark.django_db
 
 
@@ -19,16 +17,6 @@ pytestmark = pytest.mark.django_db
 def debug(request, settings):
     settings.DEBUG = request.param
     return request.param
-
-
-@pytest.fixture
-def key(org) -> str:
-    return ApiKey.issue(org)[1]
-
-
-@pytest.fixture
-def api(key) -> APIClient:
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 # --- trailing slash and unknown URLs ---------------------------------------------------------

@@ -10,17 +10,12 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from agents_hooks.models import Agent, AgentTool, ApiKey, Job, Message, Organization, Run, Step, Tool, ToolExecution
+from agents_hooks.models import Agent, AgentTool, Job, Message, Organization, Run, Step, Tool, ToolExecution
 from webhooks.models import Endpoint
 
 pytestmark = pytest.mark.django_db
 
 PUBLIC = "https://93.184.216.34/hook"
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {ApiKey.issue(org)[1]}")
 
 
 def ids(response) -> list[str]:

@@ -13,7 +13,6 @@ from rest_framework.test import APIClient
 from agents_hooks.models import (
     Agent,
     AgentTool,
-    ApiKey,
     Job,
     Message,
     Organization,
@@ -74,12 +73,6 @@ def mine(org):
 @pytest.fixture
 def theirs(db):
     return one_of_everything(Organization.objects.create(name="Globex"), "theirs")
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 RESOURCES = [

@@ -18,12 +18,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
-
-
-@pytest.fixture
 def tool(org) -> Tool:
     return Tool.objects.create(organization=org, name="web_search")
 

@@ -11,7 +11,6 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from agents_hooks.models import ApiKey
 from deliveries.models import Attempt, Delivery, Event
 from tests.receiver import Reply
 from tests.support import wait_until
@@ -19,12 +18,6 @@ from webhooks import catalog, signing
 from webhooks.models import Endpoint
 
 PUBLIC = "https://93.184.216.34/hook"  # a public address literal: valid without DNS
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def create(api, **body):

@@ -12,7 +12,6 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from agents_hooks.models import ApiKey
 from deliveries.events import publish
 from deliveries.fanout import fan_out
 from deliveries.models import Delivery, Event
@@ -23,12 +22,6 @@ from webhooks.models import Endpoint
 PUBLIC = "https://93.184.216.34/hook"  # a public address literal: valid without DNS
 FAILED_OR_CANCELLED = {"path": "data.status", "in": ["failed", "cancelled"]}
 BIG_USAGE = {"path": "data.usage.total_tokens", "gt": 10000}
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def step_event(org, agent, status="success", tokens=42, error=None) -> Event:

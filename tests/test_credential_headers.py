@@ -13,9 +13,7 @@ import pytest
 from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.urls import reverse
-from rest_framework.test import APIClient
 
-from agents_hooks.models import ApiKey
 from deliveries.models import Attempt
 from webhooks.credentials import MASK
 from webhooks.forms import parse_headers
@@ -27,12 +25,6 @@ SESSION = "k8Jd93LmQp02ZxVb7Ty5Rw1N"  # a token under a name that does not say s
 SIGNATURE = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhY21lIn0.Q2hhbmdlTWUtbm90LWEtcmVhbC1zaWc"
 CREDENTIALS = {"Authorization": AUTHORIZATION, "X-Session": SESSION, "X-Sig": SIGNATURE}
 IN_CLEAR = ("s3cret-9f8e7d", SESSION, SIGNATURE)
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def create(api, url: str = PUBLIC, **headers) -> str:

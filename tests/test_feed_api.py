@@ -13,25 +13,14 @@ import time
 
 import pytest
 from django.db import transaction
-from rest_framework.test import APIClient
 
-from agents_hooks.models import ApiKey
 from deliveries.events import publish
+from deliveries.models import Delivery
 from tests.support import ROOT, wait_until
 from webhooks import receiver as kit
 from webhooks.models import Endpoint
 
 FEED = "/api/v1/events/feed/"
-
-
-@pytest.fixture
-def key(org) -> str:
-    return ApiKey.issue(org)[1]
-
-
-@pytest.fixture
-def api(key) -> APIClient:
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def publish_now(org, event_type="agent.step.completed", **data):
@@ -210,6 +199,13 @@ def test_manage_py_webhooks_listen_forwards_from_the_database(receiver, org, tmp
     refused(webhooks("listen", "--endpoint", push.pk, "--forward-to", receiver.url("/cli")), 2, "is a push endpoint")
     refused(webhooks("listen", "--endpoint", "ep_nope", "--forward-to", receiver.url("/cli")), 2, "ep_nope")
     refused(webhooks("listen", "--forward-to", "ftp://nowhere"), 2, "is not an http(s) URL")
+    pull = Endpoint.objects.create(organization=org, kind="pull")
+    to = ["--endpoint", pull.pk, "--forward-to", receiver.url("/cli")]
+    refused(webhooks("listen", *to, "--max-events", "0"), 2, "--max-events: a whole number from 1 up")
+    refused(webhooks("listen", *to, "--after", "garbage", "--max-events", "1"), 2, "--after", "not a cursor")
+    blocked = str(tmp_path / "no-such-dir" / "cursor")
+    refused(webhooks("listen", *to, "--cursor-file", blocked), 2, "--cursor-file: cannot write")
+    assert Delivery.objects.count() == 0 and len(receiver.requests) == 2  # nothing more was sent
 
 
 def feed_read(org) -> list:

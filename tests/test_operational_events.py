@@ -12,10 +12,9 @@ import pytest
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
-from rest_framework.test import APIClient
 from standardwebhooks.webhooks import Webhook
 
-from agents_hooks.models import ApiKey, Step
+from agents_hooks.models import Step
 from deliveries import pipeline, recovery
 from deliveries.models import Delivery, Event
 from tests.support import Worker, fanned_out_here, logged_delivery, wait_until, wait_until_settled, webhook_ids
@@ -23,12 +22,6 @@ from webhooks import catalog
 from webhooks.models import Endpoint
 
 OPERATIONAL = sorted(catalog.OPERATIONAL_EVENT_TYPES)
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def complete_a_step(agent) -> Step:

@@ -11,9 +11,8 @@ import json
 import logging
 
 import pytest
-from rest_framework.test import APIClient
 
-from agents_hooks.models import ApiKey, Job, Message, Run, Step
+from agents_hooks.models import Job, Message, Run, Step
 from deliveries import recovery
 from deliveries.events import publish
 from deliveries.fanout import fan_out
@@ -24,12 +23,6 @@ from webhooks.models import Endpoint
 
 LIMIT = 256 * 1024  # WEBHOOK_MAX_PAYLOAD_BYTES as the suite (and its worker) runs it
 BIG = 300 * 1024
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 def finish(obj, status):

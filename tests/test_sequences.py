@@ -5,9 +5,6 @@ transaction: a rollback, a duplicate or an event that cannot be recorded uses no
 concurrent publishers into one run still get one gapless chain (PostgreSQL, threads)."""
 
 import json
-import os
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -17,7 +14,7 @@ from rest_framework.test import APIClient
 from agents_hooks.models import Agent, AgentTool, ApiKey, Job, Message, Run, Step, Tool, ToolExecution
 from deliveries.events import publish, send_test
 from deliveries.models import Event
-from tests.support import ROOT
+from tests.support import on_sqlite
 
 STREAM_FIELDS = ("run_id", "sequence", "previous_event_id")
 
@@ -267,14 +264,7 @@ assert bodies[1]["previous_event_id"] == bodies[0]["event_id"], bodies
 assert (loose.sequence, loose.previous_event_id, loose.run_id) == (1, None, None)
 print("ok")
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DJANGO_"))}
-    env.update(DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3", DJANGO_SETTINGS_MODULE="webhooks_project.settings")
-    for command in (["migrate", "-v0"], ["shell", "-c", script]):
-        result = subprocess.run(
-            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("ok")
+    assert on_sqlite(tmp_path, script).endswith("ok")
 
 
 def test_the_publish_function_knows_every_column_the_database_fills():

@@ -26,9 +26,8 @@ from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.urls import reverse
-from rest_framework.test import APIClient
 
-from agents_hooks.models import ApiKey, Step
+from agents_hooks.models import Step
 from deliveries import transport
 from deliveries.models import Attempt, Delivery
 from tests.receiver import RawServer
@@ -316,12 +315,6 @@ def test_mutual_tls_presents_the_endpoints_client_certificate(pki, serve):
 
 
 # --- mutual TLS: setting the certificate (API, admin) and the worker presenting it ----------
-
-
-@pytest.fixture
-def api(org):
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 PUBLIC = "https://93.184.216.34/hook"

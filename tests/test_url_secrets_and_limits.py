@@ -16,7 +16,7 @@ import pytest
 from django.test.client import FakePayload
 from rest_framework.test import APIClient
 
-from agents_hooks.models import ApiKey, Run
+from agents_hooks.models import Run
 from deliveries.models import Attempt, Delivery
 from tests.support import wait_until
 from webhooks.models import redact_url, redacted_host
@@ -26,12 +26,6 @@ QUERY_TOKEN = "qtok-5f1e9a7c"
 SLACK_PATH = f"/services/T0001/B0002/{PATH_SECRET}?token={QUERY_TOKEN}"
 CALLBACK_SECRET = "cb9Secret7Callback3Token"
 CALLBACK_PATH = f"/callbacks/{CALLBACK_SECRET}"
-
-
-@pytest.fixture
-def api(org) -> APIClient:
-    _, key = ApiKey.issue(org)
-    return APIClient(HTTP_AUTHORIZATION=f"Bearer {key}")
 
 
 # --- the URL as shown beyond its owner ---------------------------------------------------

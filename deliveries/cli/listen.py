@@ -28,6 +28,11 @@ def register(subparsers) -> None:
 def listen(console: Console, *, organization=None, **options) -> None:
     org = common.organization(organization) or _the_only_organization()
     args = _Arguments(options)
+    if args.after:
+        try:
+            feed.check_cursor(args.after)
+        except feed.BadCursor as exc:
+            raise common.bad_argument(f"--after: {exc}") from None
     if args.endpoint:
         try:
             feed.check_endpoint(common.endpoint(args.endpoint, org, "--endpoint"))
