@@ -11,14 +11,16 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 
-from deliveries.admin import DeletesItsLog
+from deliveries.admin import DeletesItsLog, ErasesPayloads
 
 from .models import Agent, AgentTool, ApiKey, Job, Message, Organization, Run, Step, Tool, ToolExecution
 
 
 @admin.register(Organization)
-class OrganizationAdmin(DeletesItsLog, admin.ModelAdmin):
+class OrganizationAdmin(DeletesItsLog, ErasesPayloads, admin.ModelAdmin):
     list_display = ["name", "id", "created_at"]
+    actions = ["erase_payloads"]
+    erases = "organization"
     search_fields = ["name", "=id"]
     readonly_fields = ["id", "created_at"]
     ordering = ["name"]
@@ -34,8 +36,9 @@ class AgentToolInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(DeletesItsLog, admin.ModelAdmin):
+class AgentAdmin(DeletesItsLog, ErasesPayloads, admin.ModelAdmin):
     list_display = ["name", "id", "organization", "created_at"]
+    actions = ["erase_payloads"]
     list_select_related = ["organization"]
     list_filter = ["organization"]
     search_fields = ["name", "=id", "organization__name"]

@@ -10,11 +10,13 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from deliveries import retention
+from deliveries.serializers import EraseRequestSerializer, PayloadRemovalSerializer
 from webhooks_project.filters import SearchFilter
 
 from . import filters as f
 from . import serializers as s
-from .auth import OrganizationScoped
+from .auth import OrganizationScoped, requester
 from .models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecution
 
 
@@ -54,6 +56,19 @@ class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
             return Response({"tool": ["already attached to this agent"]}, status=status.HTTP_400_BAD_REQUEST)
         agent = self.get_queryset().get(pk=agent.pk)
         return Response(self.get_serializer(agent).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=EraseRequestSerializer, responses={200: PayloadRemovalSerializer})
+    @action(detail=True, methods=["post"])
+    def erase(self, request, pk=None):
+        """Erase the payloads of every event of this agent now: the events' bodies, their
+        deliveries' bodies and their attempts' response excerpts. The rows stay (ids, types,
+        statuses, times), shown as `"erased"`; deliveries not delivered yet finish `failed` and are
+        never sent. Recorded with your key and the time. Cannot be undone."""
+        agent = self.get_object()
+        body = EraseRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        record = retention.erase(agent=agent, requested_by=requester(request), reason=body.validated_data["reason"])
+        return Response(PayloadRemovalSerializer(record).data)
 
     @extend_schema(request=None, responses={204: None})
     @action(detail=True, methods=["delete"], url_path=r"tools/(?P<tool_id>[^/]+)")

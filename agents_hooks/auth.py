@@ -67,6 +67,17 @@ def _logged_in(request) -> bool:
     return bool(user and user.is_authenticated)
 
 
+def requester(request) -> str:
+    """Who asked, as a record of it says (a replay, a payload erasure): an API key by its
+    prefix and name, or the logged-in user."""
+    key = getattr(request, "auth", None)
+    if hasattr(key, "key_prefix"):
+        name = f" ({key.name})" if key.name else ""
+        return f"API key {key.key_prefix}…{name}"
+    user = getattr(request, "user", None)
+    return f"user {user.get_username()}" if user is not None and user.is_authenticated else "unknown"
+
+
 class HasOrganization(permissions.BasePermission):
     """An API key, or a logged-in staff user."""
 

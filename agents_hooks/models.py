@@ -14,6 +14,9 @@ import hashlib
 import secrets
 import uuid
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -85,6 +88,23 @@ class Organization(models.Model):
     id = _id_field("org")
     name = models.CharField(max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Days its events' payloads are kept (deliveries/retention.py); NULL: the service's
+    # WEBHOOK_PAYLOAD_RETENTION_DAYS. Only ever shorter than that (`clean`).
+    payload_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Days event and delivery payloads are kept before they expire; empty: the service's "
+        "default (WEBHOOK_PAYLOAD_RETENTION_DAYS). May only be shorter than the default.",
+    )
+
+    def clean(self):
+        super().clean()
+        longest = settings.WEBHOOK_PAYLOAD_RETENTION_DAYS
+        if longest and self.payload_retention_days is not None and self.payload_retention_days > longest:
+            raise ValidationError(
+                {"payload_retention_days": f"at most {longest} days (WEBHOOK_PAYLOAD_RETENTION_DAYS): only shorter"}
+            )
 
     def __str__(self) -> str:
         return self.name

@@ -11,21 +11,25 @@ import datetime
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import pluralize
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.timezone import localtime
 
+from agents_hooks.auth import requester
 from webhooks.catalog import EVENT_TYPES
 from webhooks.models import Endpoint
 
-from .models import Attempt, Delivery, DeliveryStatus, Event
+from . import retention
+from .models import Attempt, Delivery, DeliveryStatus, Event, PayloadRemoval
 from .recovery import NotRetryable, retry_delivery
 
 # The index page with a link to the statistics charts (/admin/stats/, deliveries/dashboard.py) on top.
@@ -83,6 +87,8 @@ def next_attempt(delivery) -> str:
     """When a pending delivery's next attempt is due, to the second and from now."""
     if delivery.status != DeliveryStatus.PENDING:
         return "—"
+    if delivery.waiting:
+        return "waiting for its turn (the run's earlier delivery to this endpoint has not finished)"
     if delivery.next_attempt_at is None:
         return "held (endpoint disabled)"
     return format_html(
@@ -237,7 +243,7 @@ class FannedOutFilter(admin.SimpleListFilter):
 class EventAdmin(ReadOnlyAdmin):
     list_display = ["id", "type", "organization", "agent", "created", "fanned_out"]
     list_select_related = ["organization", "agent"]
-    list_filter = [EventTypeFilter, FannedOutFilter]
+    list_filter = [EventTypeFilter, FannedOutFilter, "payload_removed"]
     search_fields = ["=id", "^type", "=agent__id", "=dedupe_key"]
     ordering = ["-created_at"]
     show_full_result_count = False
@@ -258,7 +264,7 @@ class EventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="payload (as POSTed)")
     def payload(self, obj) -> str:
-        return pretty_json(obj.body)
+        return obj.payload_gone or pretty_json(obj.body)
 
 
 class AttemptInline(admin.TabularInline):
@@ -309,11 +315,11 @@ class DeliveryAdmin(ReadOnlyAdmin):
     # limit slot) stays out of sight. Times to the second.
     PROGRESS = ["attempts", "next_attempt", "last_attempt", "last_answer", "last_error_", "created", "finished"]
     fieldsets = [
-        (None, {"fields": ["event_link", "event_type", "kind", "full_target", "status_"]}),
+        (None, {"fields": ["event_link", "event_type", "kind", "full_target", "status_", "run_order"]}),
         ("Progress", {"fields": PROGRESS}),
         ("Payload", {"fields": ["payload"], "classes": ["collapse"]}),
     ]
-    readonly_fields = ["event_link", "event_type", "kind", "full_target", "status_", *PROGRESS, "payload"]
+    readonly_fields = ["event_link", "event_type", "kind", "full_target", "status_", "run_order", *PROGRESS, "payload"]
 
     def get_queryset(self, request):
         # Bodies are up to WEBHOOK_MAX_PAYLOAD_BYTES each: a page of them is not loaded for a list.
@@ -402,12 +408,23 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def finished(self, obj) -> str:
         return when(obj.finished_at)
 
+    @admin.display(description="order in its run")
+    def run_order(self, obj) -> str:
+        """For a delivery to an endpoint that delivers runs in order: its place, and what its
+        receiver did not get before it."""
+        if obj.run_id is None:
+            return "— (its endpoint does not deliver runs in order)"
+        skipped = ", ".join(obj.skipped_event_ids or []) or "none"
+        return f"event {obj.sequence} of run {obj.run_id}; earlier events not delivered: {skipped}"
+
     @admin.display(description="event")
     def event_link(self, obj) -> str:
         return admin_link(obj.event)
 
     @admin.display(description="payload (as POSTed)")
     def payload(self, obj) -> str:
+        if obj.event.payload_removed:
+            return obj.event.payload_gone
         return pretty_json(obj.body if obj.body is not None else obj.event.body)
 
     @admin.action(description="Retry selected deliveries now", permissions=["retry"])
@@ -438,6 +455,8 @@ def refusal(exc: NotRetryable) -> str:
         NotRetryable.HELD: "this delivery is held because its endpoint is disabled; enable the endpoint to send it "
         "(with its other held deliveries).",
         NotRetryable.IN_PROGRESS: "an attempt of this delivery is being made right now; reload to see it.",
+        NotRetryable.WAITING: "this delivery is waiting for its turn: its endpoint delivers runs in order, and it "
+        "goes as soon as the run's earlier delivery has finished.",
     }.get(exc.reason, f"{exc}.")
 
 
@@ -501,8 +520,69 @@ class AttemptAdmin(ReadOnlyAdmin):
 
     @admin.display(description="response body (as kept)")
     def response(self, obj) -> str:
+        gone = Event.objects.filter(deliveries=obj.delivery_id).only("payload_removed", "payload_removed_at").first()
+        if gone is not None and gone.payload_removed:
+            return gone.payload_gone
         return pretty_json(obj.response_body)
 
     @admin.display(description="request headers (credentials redacted)")
     def headers_sent(self, obj) -> str:
         return pretty_json(json.dumps(obj.request_headers))
+
+
+@admin.register(PayloadRemoval)
+class PayloadRemovalAdmin(ReadOnlyAdmin):
+    """Who had payloads erased, and when; and each retention pass that expired some."""
+
+    list_display = ["requested_at", "kind", "scope", "requested_by", "events", "deliveries_failed", "reason"]
+    list_filter = ["kind"]
+    search_fields = ["=agent_id", "=organization_id", "requested_by"]
+    ordering = ["-requested_at"]
+
+    @admin.display(description="scope")
+    def scope(self, obj) -> str:
+        if obj.agent_id:
+            return f"agent {obj.agent_id}"
+        if obj.organization_id:
+            return f"organization {obj.organization_id}"
+        return f"all organizations, created before {when(obj.cutoff)}"
+
+
+class ErasesPayloads:
+    """The "Erase payloads" action of the agent and organization admins: `retention.erase` for
+    each selected one, after a confirmation page (it cannot be undone), recorded with the
+    admin user as the one who asked."""
+
+    erases = "agent"  # the keyword of retention.erase that the selected rows are
+
+    @admin.action(description="Erase the payloads of their events…", permissions=["change"])
+    def erase_payloads(self, request, queryset):
+        if request.POST.get("confirmed") == "yes":
+            reason = request.POST.get("reason", "").strip()[:500]
+            records = [
+                retention.erase(requested_by=requester(request), reason=reason, **{self.erases: obj})
+                for obj in queryset
+            ]
+            events = sum(r.events for r in records)
+            failed = sum(r.deliveries_failed for r in records)
+            self.message_user(
+                request,
+                f"Erased the payloads of {events} event{pluralize(events)} of {len(records)} {self.erases}"
+                f"{pluralize(len(records))}; {failed} undelivered deliver{pluralize(failed, 'y,ies')} finished failed.",
+                messages.SUCCESS,
+            )
+            return None
+        field = "agent" if self.erases == "agent" else "organization"
+        kept = Event.objects.filter(payload_removed="")
+        rows = [(obj, kept.filter(**{field: obj}).count()) for obj in queryset]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Erase payloads: are you sure?",
+            "opts": self.model._meta,
+            "rows": rows,
+            "scope": self.erases,
+            "action": "erase_payloads",
+            "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/deliveries/erase_payloads.html", context)

@@ -1,7 +1,9 @@
 """REST API for the delivery log: events, deliveries with their attempts, manual retry, and the
-service-wide statistics (staff only)."""
+service-wide statistics and an organization's erasure (staff only)."""
 
 import django_filters
+from django.http import Http404
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import filters, permissions, status, viewsets
 from rest_framework.decorators import action
@@ -9,10 +11,11 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_hooks.auth import OrganizationScoped
+from agents_hooks.auth import OrganizationScoped, requester
+from agents_hooks.models import Organization
 from webhooks_project.schema import ERROR_BODY
 
-from . import feed, publishing, recovery, stats
+from . import feed, publishing, recovery, retention, stats
 from . import serializers as s
 from .filters import DeliveryFilter, EventFilter
 from .models import Delivery, DeliveryKind, Event
@@ -131,7 +134,8 @@ class DeliveryViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
             409: OpenApiResponse(
                 ERROR_BODY,
                 description="An attempt is being made right now, the endpoint is disabled (held), "
-                "it succeeded and `force` was not given, or its event is too large to send.",
+                "it succeeded and `force` was not given, its event is too large to send, or its event's payload "
+                "expired or was erased.",
             ),
         },
     )
@@ -168,3 +172,35 @@ class StatsView(APIView):
         query.is_valid(raise_exception=True)
         window, organization = query.validated_data["window"], query.validated_data.get("organization")
         return Response(s.StatsSerializer(stats.window_stats(window, organization=organization)).data)
+
+
+class IsStaffToErase(permissions.IsAdminUser):
+    message = (
+        "Erasing an organization's payloads is for staff users (log in to the admin). An API key erases an "
+        "agent's: POST /api/v1/agents/<id>/erase/."
+    )
+
+
+class OrganizationEraseView(APIView):
+    permission_classes = [IsStaffToErase]
+
+    @extend_schema(
+        request=s.EraseRequestSerializer,
+        responses={
+            200: s.PayloadRemovalSerializer,
+            403: OpenApiResponse(ERROR_BODY, description="Not a staff user (API keys are refused)."),
+            404: OpenApiResponse(ERROR_BODY, description="No such organization."),
+        },
+    )
+    def post(self, request, pk: str):
+        """Erase the payloads of every event of an organization now (staff users only): as an
+        agent's erase, for all of its agents and its organization-level events."""
+        if "\x00" in pk:  # PostgreSQL text cannot hold NUL: no organization has this id
+            raise Http404
+        organization = get_object_or_404(Organization, pk=pk)
+        body = s.EraseRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        record = retention.erase(
+            organization=organization, requested_by=requester(request), reason=body.validated_data["reason"]
+        )
+        return Response(s.PayloadRemovalSerializer(record).data)

@@ -2,15 +2,18 @@
 
 Endpoint deliveries POST the event envelope as published, signed with the endpoint's keys
 (Standard Webhooks and seed 004's `X-Letta-Signature`), with its custom headers under ours.
+An endpoint with a payload shape (thin, or fields excluded: webhooks/payload_shape.py) gets
+its body cut from the envelope here and signed as sent; the others get the recorded text.
 Seed targets (STEP_COMPLETE_WEBHOOK, run and job callbacks) POST their own body.
 """
 
 import logging
 from dataclasses import dataclass
 
+import orjson
 from django.conf import settings
 
-from webhooks import signing
+from webhooks import payload_shape, signing
 
 from . import transport
 from .models import Delivery, DeliveryKind
@@ -28,10 +31,12 @@ class Request:
     client_cert: tuple[str, str] | None = None  # (certificate, key) PEM for mutual TLS
 
 
-def build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> Request:
+def build(delivery: Delivery, timestamp: int, keys: dict) -> Request:
     """The request for `delivery` (with `event` and `endpoint` loaded), stamped `timestamp`.
-    `keys` caches each endpoint's signing keys across a batch. Never raises: a request that
-    cannot be built (a secret encrypted with a key no longer configured) carries `error`."""
+    `keys` caches across a batch each endpoint's signing keys (by endpoint id) and, for shaped
+    payloads, each event's parsed envelope and shaped bodies (by tuples). Never raises: a
+    request that cannot be built (a secret encrypted with a key no longer configured) carries
+    `error`."""
     try:
         return _build(delivery, timestamp, keys)
     except Exception as exc:
@@ -39,7 +44,7 @@ def build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> R
         return Request(delivery.target_url, b"", {}, 0, error=f"cannot build the request: {type(exc).__name__}")
 
 
-def _build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> Request:
+def _build(delivery: Delivery, timestamp: int, keys: dict) -> Request:
     event = delivery.event
     headers = {
         "Content-Type": "application/json",
@@ -54,7 +59,7 @@ def _build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> 
     client_cert = None
     if delivery.kind == DeliveryKind.ENDPOINT:
         endpoint = delivery.endpoint
-        body = event.body.encode()
+        body = _body_for(event, endpoint, keys)
         if endpoint.pk not in keys:
             keys[endpoint.pk] = endpoint.signing_keys()
         headers.update(signing.signature_headers(keys[endpoint.pk], event.id, timestamp, body))
@@ -69,3 +74,18 @@ def _build(delivery: Delivery, timestamp: int, keys: dict[str, list[bytes]]) -> 
             if settings.STEP_COMPLETE_KEY:
                 headers["Authorization"] = f"Bearer {settings.STEP_COMPLETE_KEY}"
     return Request(url, body, headers, timeout, client_cert=client_cert)
+
+
+def _body_for(event, endpoint, cache: dict) -> bytes:
+    """What `endpoint` is sent of `event`: the recorded envelope, or its shape of it. A batch
+    parses an event once and shapes it once per distinct shape, however many endpoints share it."""
+    if not payload_shape.shapes(endpoint.payload, endpoint.exclude_fields):
+        return event.body.encode()
+    key = ("body", event.id, endpoint.payload, tuple(endpoint.exclude_fields))
+    body = cache.get(key)
+    if body is None:
+        envelope = cache.get(("envelope", event.id))
+        if envelope is None:
+            envelope = cache[("envelope", event.id)] = orjson.loads(event.body)
+        body = cache[key] = payload_shape.shaped_body(event.body, endpoint.payload, endpoint.exclude_fields, envelope)
+    return body

@@ -15,7 +15,8 @@ between the healthy endpoints' events instead of holding them up (bench/ours.py 
 What is due includes more than retries: deliveries whose worker died (their lease ran out),
 deliveries a message named but never reached (broker down), events never fanned out (the
 broker was down when they were published: after WEBHOOK_STRANDED_AFTER), and deliveries
-waiting for their rate-limit slot. It needs only the database: while the broker is away,
+waiting for their rate-limit slot; now and then, a replay whose worker died (deliveries/replay.py).
+It needs only the database: while the broker is away,
 this loop keeps delivering.
 """
 
@@ -28,7 +29,7 @@ import time
 from django.conf import settings
 from django.db import close_old_connections
 
-from . import fanout, pipeline, recovery, store
+from . import fanout, ordering, pipeline, recovery, replay, store
 from .models import Heartbeat
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,12 @@ class DueLoop:
             self._sleep()
 
     def _once(self) -> bool:
-        """Send one batch of what is due; say whether there may be more."""
+        """Send one batch of what is due; say whether there may be more. Every
+        RELEASE_HELD_EVERY seconds, first the housekeeping (`_housekeeping`), busy or not."""
+        housekept = False
+        if time.monotonic() - self.released_at > RELEASE_HELD_EVERY:
+            self.released_at = time.monotonic()
+            housekept = self._housekeeping()
         batch = settings.WEBHOOK_BATCH_SIZE
         turns.begin_batch(settings.WEBHOOK_DUE_YIELD_MAX)
         try:
@@ -127,15 +133,20 @@ class DueLoop:
                 return True
             stranded = fanout.fan_out_stranded()
             if stranded:
-                pipeline.send_claimed(stranded)
+                pipeline.send_claimed(stranded, follow_runs=False)
                 return True
         finally:
             turns.end_batch()
-        if time.monotonic() - self.released_at > RELEASE_HELD_EVERY:
-            self.released_at = time.monotonic()
-            if recovery.release_held():
-                return True
-        return False
+        return housekept
+
+    @staticmethod
+    def _housekeeping() -> bool:
+        """Backstops, each a cheap query when there is nothing to do: deliveries held for an
+        endpoint enabled meanwhile, ordered deliveries left waiting, replays that stopped
+        moving. Say whether any found work."""
+        found = recovery.release_held()
+        found = ordering.settle_stale() or found
+        return replay.resume_stalled() or found
 
     def _heartbeat(self) -> None:
         """Say this process's loop works (a row the readiness probe reads): written after a

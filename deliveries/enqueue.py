@@ -24,8 +24,12 @@ logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _queue: queue.SimpleQueue | None = None
 _owner_pid: int | None = None
-EVENTS, DELIVERIES = "events", "deliveries"
-TASKS = {EVENTS: "deliveries.tasks.deliver_events", DELIVERIES: "deliveries.tasks.deliver_batch"}
+EVENTS, DELIVERIES, REPLAYS = "events", "deliveries", "replays"
+TASKS = {
+    EVENTS: "deliveries.tasks.deliver_events",
+    DELIVERIES: "deliveries.tasks.deliver_batch",
+    REPLAYS: "deliveries.tasks.replay_events",
+}
 
 
 def submit_events(event_ids: list[str]) -> None:
@@ -36,6 +40,11 @@ def submit_events(event_ids: list[str]) -> None:
 def submit(delivery_ids: list[int]) -> None:
     """Queue deliveries for an attempt now (those due and free when it comes). Returns at once."""
     _started().put((DELIVERIES, delivery_ids))
+
+
+def submit_replays(replay_ids: list[int]) -> None:
+    """Queue replays (deliveries/replay.py) for their next batches. Returns at once."""
+    _started().put((REPLAYS, replay_ids))
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -72,7 +81,7 @@ def _forward(q: queue.SimpleQueue) -> None:
         pause = last_sent + settings.WEBHOOK_ENQUEUE_WINDOW - time.monotonic()
         if pause > 0 and not isinstance(item, threading.Event):
             time.sleep(pause)
-        pending: dict[str, list] = {EVENTS: [], DELIVERIES: []}
+        pending: dict[str, list] = {EVENTS: [], DELIVERIES: [], REPLAYS: []}
         markers: list[threading.Event] = []
         while True:  # take whatever else is already waiting, up to a few messages' worth
             if isinstance(item, threading.Event):

@@ -18,8 +18,9 @@ An event whose envelope is over WEBHOOK_MAX_PAYLOAD_BYTES is still recorded, nev
 with a small stand-in for a body (the envelope with only the ids of its data, `"truncated":
 true` and the size it would have had) and `oversize_bytes` set. Its seed targets get their own
 bodies as usual; its endpoints are sent nothing, their deliveries are created `failed` with the
-reason (fanout.py). A failed delivery in the log, not a POST in a shape no receiver asked for:
-receivers that want thin envelopes will opt in to them, and then get this stand-in.
+reason (fanout.py). A failed delivery in the log, not a POST in a shape no receiver asked for;
+even an endpoint with a thin payload (webhooks/payload_shape.py), whose `links.event` would
+answer this stand-in, not the event.
 """
 
 import contextlib
@@ -32,6 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from webhooks import payload_shape
 from webhooks.models import EndpointKind
 
 from . import enqueue, fanout, metrics, streams
@@ -107,29 +109,12 @@ def _envelope(
     }
 
 
-STAND_IN_IDS = 20  # at most this many ids of the data are kept in an oversize event's stand-in
-ID_MAX = 200
-
-
 def _stand_in(envelope: dict, size: int) -> dict:
     """What an oversize event records instead of its envelope: the envelope with only the ids
-    of its data (`step_id`, `run_id`, `message_id`...), by which the object it reports can
-    still be found and fetched, `"truncated": true` and the size the envelope had."""
-    data = envelope["data"]
-    ids = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if len(ids) == STAND_IN_IDS:
-                break
-            if isinstance(key, str) and key.endswith("_id") and _short(value):
-                ids[key] = value
-    return {**envelope, "data": ids, "truncated": True, "payload_bytes": size}
-
-
-def _short(value) -> bool:
-    if isinstance(value, str):
-        return len(value) <= ID_MAX
-    return value is None or (type(value) is int and abs(value) < 2**53)
+    of its data (`step_id`, `run_id`, `message_id`...; the same as a thin payload's), by which
+    the object it reports can still be found and fetched, `"truncated": true` and the size the
+    envelope had."""
+    return {**envelope, "data": payload_shape.ids_of(envelope["data"]), "truncated": True, "payload_bytes": size}
 
 
 def publish(

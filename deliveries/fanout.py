@@ -36,7 +36,7 @@ from django.utils import timezone
 from webhooks.content_filter import Envelope
 from webhooks.models import Endpoint, EndpointKind
 
-from . import metrics
+from . import enqueue, metrics, ordering
 from .models import Delivery, DeliveryStatus, Event
 from .store import new_lease, relaxed_commit
 
@@ -81,7 +81,7 @@ def _fan_out(waiting, event_ids: list[str], overdue_after: float | None) -> list
             return []
         now = timezone.now()
         Event.objects.filter(pk__in=[e.pk for e in events]).update(fanned_out_at=now)
-        endpoints = _active_endpoints({e.organization_id for e in events})
+        endpoints = _active_endpoints({e.organization_id for e in events}, {e.run_id for e in events} - {None})
         deliveries, unsent = [], []
         for event in events:
             fresh = {"created_at": event.created_at, "next_attempt_at": now}
@@ -94,10 +94,14 @@ def _fan_out(waiting, event_ids: list[str], overdue_after: float | None) -> list
                 for t in event.targets
                 if "kind" in t
             ]
+        runs = ordering.hold(deliveries + unsent) | ordering.runs_of(events, endpoints)
         lease, locked_until = new_lease(len(deliveries))
         for d in deliveries:
-            d.lease, d.locked_until = lease, locked_until
+            if not d.waiting:
+                d.lease, d.locked_until = lease, locked_until
         Delivery.objects.bulk_create(deliveries + unsent)
+        if runs:
+            deliveries = _in_turn(deliveries, runs, now, lease, locked_until)
     if unsent:
         metrics.deliveries_failed_unsent(len(unsent))
         logger.warning(
@@ -106,6 +110,21 @@ def _fan_out(waiting, event_ids: list[str], overdue_after: float | None) -> list
             sorted({d.event_id for d in unsent}),
         )
     return deliveries
+
+
+def _in_turn(deliveries: list[Delivery], runs: set[str], now, lease: str, locked_until) -> list[Delivery]:
+    """Of new deliveries, those to send now: the unordered ones, and the ordered ones whose turn
+    has come (`ordering.settle`), which this worker leases and sends like the others. Deliveries
+    of earlier batches that this batch's events let go are handed to the broker."""
+    released = set(ordering.settle(runs, submit=False))
+    mine = [d for d in deliveries if d.waiting and d.pk in released]
+    if mine:
+        Delivery.objects.filter(pk__in=[d.pk for d in mine]).update(lease=lease, locked_until=locked_until)
+        for d in mine:
+            d.waiting, d.next_attempt_at, d.lease, d.locked_until = False, now, lease, locked_until
+    if others := sorted(released - {d.pk for d in mine}):
+        transaction.on_commit(lambda: enqueue.submit(others))
+    return [d for d in deliveries if not d.waiting]
 
 
 def too_large(size: int) -> str:
@@ -126,10 +145,19 @@ def _too_large(event: Event, endpoint: Endpoint, now: datetime.datetime) -> Deli
     )
 
 
-def _active_endpoints(organization_ids: set[str]) -> dict[str, list[Endpoint]]:
-    """Endpoints that are POSTed to: active, and not pull (those read the feed: feed.py)."""
+def _active_endpoints(organization_ids: set[str], run_ids: set[str]) -> dict[str, list[Endpoint]]:
+    """Endpoints that are POSTed to: active, and not pull (those read the feed: feed.py), nor
+    run subscriptions that ended or expired (webhooks/run_subscriptions.py). Of the run
+    subscriptions, only those to `run_ids`, the batch's runs: an organization may have one per
+    run it ever started, and the others take none of these events."""
     by_org: dict[str, list[Endpoint]] = {org: [] for org in organization_ids}
-    for ep in Endpoint.objects.filter(organization_id__in=organization_ids, is_active=True, kind=EndpointKind.PUSH):
+    rows = Endpoint.objects.taking_events().filter(
+        Q(run__isnull=True) | Q(run__in=run_ids),  # not every run subscription of the organization
+        organization_id__in=organization_ids,
+        is_active=True,
+        kind=EndpointKind.PUSH,
+    )
+    for ep in rows:
         by_org[ep.organization_id].append(ep)
     return by_org
 
@@ -144,7 +172,9 @@ def _destinations(event: Event, endpoints: dict[str, list[Endpoint]]) -> list[En
         named = Endpoint.objects.filter(pk__in=explicit, organization_id=event.organization_id)
         return list(named.filter(kind=EndpointKind.PUSH))
     envelope = envelope_of(event)
-    return [ep for ep in endpoints[event.organization_id] if ep.receives(event.type, event.agent_id, envelope)]
+    return [
+        ep for ep in endpoints[event.organization_id] if ep.receives(event.type, event.agent_id, envelope, event.run_id)
+    ]
 
 
 def envelope_of(event: Event) -> Envelope | None:

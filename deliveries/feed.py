@@ -20,8 +20,9 @@ transaction write at a time, so there insertion order is commit order, and the f
 
 With a pull `endpoint`, the feed holds only what that endpoint subscribes to (its filter, its
 agent, a test event sent to it), each with the headers a POST to it would carry, signed with
-its secret (`compose.build`, as for every POST): `listen` forwards body and headers as they are,
-and the receiver verifies them as usual.
+its secret (`compose.build`, as for every POST), and the body that POST would carry: the
+endpoint's payload shape applies (thin, fields excluded: webhooks/payload_shape.py). `listen`
+forwards body and headers as they are, and the receiver verifies them as usual.
 """
 
 import base64
@@ -54,6 +55,7 @@ class Item:
     cursor: str
     headers: dict[str, str] | None  # with an endpoint: the signed headers of a POST to it
     unsent: str = ""  # with an endpoint: why this event is not to be forwarded (no headers then)
+    body: str | None = None  # with an endpoint: the body a POST to it carries (None: the event's)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def _page(organization_id: str, after: str | None, limit: int, endpoint) -> Page
             return Page(items, cursor, False)
         scanned += len(chunk)
         now = int(time.time())
-        keys: dict[str, list[bytes]] = {}
+        keys: dict = {}  # compose.build's cache for the chunk
         for event in chunk:
             position = _position(event)
             cursor = _encode(position)
@@ -122,13 +124,16 @@ def _signed(event: Event, endpoint, cursor: str, now: int, keys: dict) -> Item:
     (a push endpoint gets a failed delivery saying so), or a request that cannot be built. The
     endpoint's credential headers stay out: write-only everywhere, they are not handed to every
     holder of the organization's API key."""
+    if event.payload_removed:  # expired or erased: nothing left to forward (retention.py)
+        return Item(event, cursor, None, event.payload_gone)
     if event.oversize_bytes is not None:
         return Item(event, cursor, None, fanout.too_large(event.oversize_bytes))
     request = compose.build(Delivery(event=event, endpoint=endpoint, kind=DeliveryKind.ENDPOINT), now, keys)
     if request.error:
         return Item(event, cursor, None, request.error)
     shown = redact_headers(request.headers)
-    return Item(event, cursor, {name: value for name, value in shown.items() if value != credentials.MASK})
+    headers = {name: value for name, value in shown.items() if value != credentials.MASK}
+    return Item(event, cursor, headers, body=request.body.decode())
 
 
 def _addressed_to(endpoint, event: Event) -> bool:
@@ -209,8 +214,10 @@ def as_json(page: Page) -> dict:
             "type": event.type,
             "created_at": event.created_at.isoformat().replace("+00:00", "Z"),
             "cursor": item.cursor,
-            "body": event.body,
+            "body": event.body if item.body is None else item.body,
         }
+        if event.payload_removed:  # never shown again: the tombstone says what became of it
+            entry["body"], entry["payload_removed"] = None, event.payload_removed
         if event.oversize_bytes is not None:
             entry["oversize_bytes"] = event.oversize_bytes  # the body is the stand-in without data
         if item.headers is not None:

@@ -73,7 +73,8 @@ def event_oversize(event_type: str) -> None:
 
 
 def deliveries_failed_unsent(count: int) -> None:
-    """Count deliveries created `failed`, with no attempt: their event was too large to send."""
+    """Count deliveries finished `failed` unsent: their event was too large to send, or its
+    payload expired or was erased before they were delivered (retention.py)."""
     if ENABLED and count:
         DELIVERIES_FINISHED.labels("failed").inc(count)
 

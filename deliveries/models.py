@@ -43,6 +43,12 @@ SEQUENCE_HELP = (
 PREVIOUS_EVENT_HELP = "The id of the event numbered sequence - 1 in the same stream; null for the first."
 
 
+class PayloadRemoved(models.TextChoices):
+    KEPT = "", "kept"
+    EXPIRED = "expired", "expired: past its retention period"
+    ERASED = "erased", "erased on request"
+
+
 class Event(models.Model):
     id = models.CharField(primary_key=True, max_length=40, default=new_event_id, editable=False)
     type = models.CharField(max_length=100)
@@ -78,6 +84,14 @@ class Event(models.Model):
     run_id = models.CharField(max_length=64, null=True, blank=True, help_text=RUN_ID_HELP)
     sequence = models.BigIntegerField(null=True, blank=True, help_text=SEQUENCE_HELP)
     previous_event_id = models.CharField(max_length=40, null=True, blank=True, help_text=PREVIOUS_EVENT_HELP)
+    # Payload governance: set once the event's payloads (its body, its deliveries' bodies, its
+    # attempts' response excerpts) were removed, by retention ("expired") or on request
+    # ("erased"); the row stays as a tombstone with its ids, type, status and times.
+    payload_removed = models.CharField(max_length=7, blank=True, default="", choices=PayloadRemoved.choices)
+    payload_removed_at = models.DateTimeField(null=True, blank=True)
+    # What `body` becomes once the payloads are removed: valid JSON, so a reader that parses it
+    # anyway finds no data (deliveries/retention.py).
+    TOMBSTONE = '{"payload_removed": true}'
 
     class Meta:
         # Every publishing save inserts a row here: only the indexes something reads. (Django's
@@ -89,10 +103,27 @@ class Event(models.Model):
             models.Index(fields=["type"], name="event_type"),
             models.Index(fields=["agent"], name="event_agent"),
             models.Index(fields=["organization", "xid", "id"], name="event_feed"),
+            # Ordered delivery (deliveries/ordering.py): a run's events still waiting for fan-out.
+            # Small, like event_not_fanned_out: a row leaves it once fanned out (and vacuumed).
+            models.Index(
+                fields=["run_id", "sequence"],
+                name="event_run_not_fanned_out",
+                condition=models.Q(fanned_out_at=None, run_id__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.type} {self.id}"
+
+    @property
+    def payload_gone(self) -> str:
+        """Why the payload is not shown ("payload expired on ..." / "payload erased on ..."),
+        or "" while it is kept: what the API, admin, CLI and feed say instead of the content."""
+        if not self.payload_removed:
+            return ""
+        when = f" on {self.payload_removed_at:%Y-%m-%d}" if self.payload_removed_at else ""
+        how = "expired (past its retention period)" if self.payload_removed == PayloadRemoved.EXPIRED else "erased"
+        return f"payload {how}{when}"
 
 
 class StreamCounter(models.Model):
@@ -159,6 +190,14 @@ class Delivery(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set only for a delivery to an endpoint that delivers runs in order (deliveries/ordering.py):
+    # its event's run and place in it. `waiting`: held until the run's delivery before it to
+    # this endpoint has finished (`next_attempt_at` is NULL meanwhile). `skipped_event_ids`:
+    # the run's earlier events this endpoint did not get (their deliveries failed or went dead).
+    run_id = models.CharField(max_length=64, null=True, blank=True)
+    sequence = models.BigIntegerField(null=True, blank=True)
+    waiting = models.BooleanField(default=False)
+    skipped_event_ids = models.JSONField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -170,6 +209,21 @@ class Delivery(models.Model):
             models.Index(fields=["endpoint", "created_at"]),
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["event"], name="delivery_event"),
+            # Ordered deliveries only (deliveries/ordering.py), each index holding just the rows
+            # it is read for, so a long run costs no more per turn than a short one: a run's
+            # unfinished deliveries (whose lowest goes next) and those that failed or died
+            # (what a delivery released after them says was skipped).
+            models.Index(
+                fields=["run_id", "endpoint", "sequence"],
+                name="delivery_run_order",
+                condition=models.Q(run_id__isnull=False, status="pending"),
+            ),
+            models.Index(
+                fields=["run_id", "endpoint", "sequence"],
+                name="delivery_run_skipped",
+                condition=models.Q(run_id__isnull=False, status__in=["failed", "dead"]),
+            ),
+            models.Index(fields=["run_id"], name="delivery_waiting", condition=models.Q(waiting=True)),
         ]
 
     def __str__(self) -> str:
@@ -243,3 +297,86 @@ class PublishIdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"idempotency key {self.key!r} -> {self.event_id}"
+
+
+class ReplayState(models.TextChoices):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # stopped by an error it cannot get past (`error` says which)
+    CANCELLED = "cancelled"
+
+
+class Replay(models.Model):
+    """Past events sent again to one endpoint: those of its organization created in [since,
+    until) that the endpoint takes now and never got a delivery of (deliveries/replay.py).
+
+    Worked through in batches, oldest first; the row is its progress (the cursor: the last
+    event looked at, and the counts), moved in each batch's transaction, so a replay whose
+    worker died carries on where it stopped. At most one runs per endpoint at a time."""
+
+    endpoint = models.ForeignKey("webhooks.Endpoint", on_delete=models.CASCADE, related_name="replays")
+    since = models.DateTimeField()
+    until = models.DateTimeField()
+    # Only events of these types (patterns as in Endpoint.event_types); empty: all the endpoint takes.
+    event_types = models.JSONField(default=list, blank=True)
+    state = models.CharField(max_length=10, choices=ReplayState.choices, default=ReplayState.RUNNING)
+    # Events of the organization in the window when it started (what "examined" counts towards).
+    events_total = models.PositiveBigIntegerField(default=0)
+    events_examined = models.PositiveBigIntegerField(default=0)
+    deliveries_created = models.PositiveBigIntegerField(default=0)
+    # The last event examined, by (created_at, id): the next batch starts after it.
+    cursor_created_at = models.DateTimeField(null=True, blank=True)
+    cursor_event_id = models.CharField(max_length=40, blank=True, default="")
+    requested_by = models.CharField(max_length=200, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    # Moved by every batch: a running replay that stopped moving lost its worker (replay.py).
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint"], condition=models.Q(state="running"), name="one_running_replay_per_endpoint"
+            )
+        ]
+        indexes = [models.Index(fields=["updated_at"], name="replay_running", condition=models.Q(state="running"))]
+
+    def __str__(self) -> str:
+        return f"replay {self.pk} to {self.endpoint_id} ({self.state})"
+
+
+# What a PayloadRemoval did: PayloadRemoved less "kept".
+REMOVAL_KINDS = [c for c in PayloadRemoved.choices if c[0]]
+
+
+class PayloadRemoval(models.Model):
+    """A removal of payloads (deliveries/retention.py): an erasure someone asked for (an agent's
+    or an organization's events), or a retention pass (events created before `cutoff`): who,
+    when, what, and how much. The record erasure laws ask for; and, for retention passes, where
+    the next pass starts (every event before the last finished pass's `cutoff` is expired)."""
+
+    kind = models.CharField(max_length=7, choices=REMOVAL_KINDS)
+    # The scope: an agent's events, an organization's, or (retention, both NULL) everyone's
+    # under the default period. Ids, not foreign keys: the record outlives what it names.
+    organization_id = models.CharField(max_length=64, null=True, blank=True)
+    agent_id = models.CharField(max_length=64, null=True, blank=True)
+    cutoff = models.DateTimeField(null=True, blank=True)  # retention: events created before this
+    requested_by = models.CharField(max_length=200)  # "API key ahk_12ab… (name)", "user alice", "retention"
+    reason = models.CharField(max_length=500, blank=True, default="")  # the asker's words ("ticket 123")
+    requested_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    events = models.PositiveIntegerField(default=0)
+    deliveries_failed = models.PositiveIntegerField(default=0)
+    attempts_cleared = models.PositiveIntegerField(default=0)
+    # Deliveries being sent at that moment (leased): their POST may still be answered, and its
+    # attempt row written, until this time; their excerpts are cleared again then (settled_at).
+    settle_by = models.DateTimeField(null=True, blank=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["kind", "organization_id", "-cutoff"], name="removal_cutoff")]
+
+    def __str__(self) -> str:
+        scope = self.agent_id or self.organization_id or "all organizations"
+        return f"payloads {self.kind} ({scope}) at {self.requested_at:%Y-%m-%d %H:%M}"

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from webhooks.models import Endpoint
 
-from . import enqueue, fanout, operational
+from . import enqueue, fanout, operational, ordering
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus, Event, PublishIdempotencyKey
 from .store import lease_is_free
 
@@ -29,13 +29,18 @@ SUBMIT_AT_ONCE = 500
 # Deliveries to an endpoint of an event over WEBHOOK_MAX_PAYLOAD_BYTES: created failed and
 # never sent (the event keeps a stand-in, not its data), so never restarted either.
 UNSENDABLE = Q(kind=DeliveryKind.ENDPOINT, event__oversize_bytes__isnull=False)
+# Deliveries of an event whose payload expired or was erased (deliveries/retention.py): there
+# is nothing left to send, to any kind of target.
+PAYLOAD_GONE = ~Q(event__payload_removed="")
 
 
 class NotRetryable(ValueError):
     """A manual retry that cannot be done; `reason` says why, the message explains it."""
 
     SUCCEEDED, IN_PROGRESS, HELD = "already succeeded", "an attempt is being made right now", "held"
+    WAITING = "waiting for its turn"
     TOO_LARGE = "payload too large"
+    PAYLOAD_GONE = "payload removed"
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -49,16 +54,29 @@ def retry_delivery(delivery: Delivery, *, force: bool = False) -> Delivery:
     succeeded one only with `force` (it will be POSTed again). A delivery waiting for a retry
     is sent now, as the next attempt of its series: if that fails too, the schedule goes on
     from there. Raises NotRetryable for one being sent right now, held by a disabled
-    endpoint, or whose event is too large to send to an endpoint."""
+    endpoint, whose event is too large to send to an endpoint, or whose event's payload expired
+    or was erased."""
     allowed = [DeliveryStatus.FAILED, DeliveryStatus.DEAD] + ([DeliveryStatus.SUCCEEDED] if force else [])
-    restarted = _restart(Delivery.objects.filter(pk=delivery.pk, status__in=allowed).exclude(UNSENDABLE))
+    restarted = _restart(
+        Delivery.objects.filter(pk=delivery.pk, status__in=allowed).exclude(UNSENDABLE).exclude(PAYLOAD_GONE)
+    )
     if not restarted and not _make_due(Delivery.objects.filter(pk=delivery.pk)):
         delivery.refresh_from_db()
+        gone = Event.objects.filter(pk=delivery.event_id).only("payload_removed", "payload_removed_at").first()
+        if gone is not None and gone.payload_removed:
+            why = f"nothing to send: its event's payload is gone ({gone.payload_gone})"
+            raise NotRetryable(NotRetryable.PAYLOAD_GONE, why)
         if delivery.status == DeliveryStatus.SUCCEEDED:
             raise NotRetryable(NotRetryable.SUCCEEDED, "delivery already succeeded; pass force to send it again")
         if size := _oversize(delivery):
             why = f"{fanout.too_large(size)}; its event was recorded without its data, so it cannot be sent"
             raise NotRetryable(NotRetryable.TOO_LARGE, why)
+        if delivery.status == DeliveryStatus.PENDING and delivery.waiting:
+            raise NotRetryable(
+                NotRetryable.WAITING,
+                "delivery is waiting for its turn: its endpoint delivers runs in order, and the run's earlier "
+                "delivery has not finished; it goes as soon as that one succeeds, fails or is dead",
+            )
         if delivery.status == DeliveryStatus.PENDING and delivery.next_attempt_at is None:
             raise NotRetryable(
                 NotRetryable.HELD, "delivery is held: its endpoint is disabled; enable the endpoint to send it"
@@ -102,7 +120,7 @@ def recoverable(endpoint, since: datetime.datetime):
     rows = Delivery.objects.filter(
         endpoint=endpoint, created_at__gte=since, status__in=[DeliveryStatus.FAILED, DeliveryStatus.DEAD]
     )
-    return rows.exclude(UNSENDABLE)
+    return rows.exclude(UNSENDABLE).exclude(PAYLOAD_GONE)
 
 
 def recover_endpoint(endpoint, since: datetime.datetime, progress: Callable[[int], None] | None = None) -> int:
@@ -128,7 +146,9 @@ def resume_endpoint(endpoint) -> int:
     with transaction.atomic():
         enabled = Endpoint.objects.filter(pk=endpoint.pk).enable()
         endpoint.refresh_from_db()
-        held = Delivery.objects.filter(endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
+        held = Delivery.objects.filter(
+            endpoint=endpoint, status=DeliveryStatus.PENDING, next_attempt_at__isnull=True, waiting=False
+        )
         released = _restart(held.order_by("created_at", "pk"))
         if enabled:
             operational.endpoint_enabled(endpoint, released)
@@ -145,7 +165,7 @@ def release_held() -> int:
     # Only endpoints that are active: rows of endpoints still disabled must not fill the chunk.
     held = list(
         Delivery.objects.filter(lease_is_free(now), status=DeliveryStatus.PENDING, next_attempt_at__isnull=True)
-        .filter(endpoint__in=active)
+        .filter(endpoint__in=active, waiting=False)
         .values_list("pk", flat=True)[:RELEASE_CHUNK]
     )
     if not held:
@@ -176,18 +196,24 @@ def purge_idempotency_keys() -> int:
 
 def _restart(rows, progress: Callable[[int], None] | None = None) -> int:
     """Make `rows` pending at the start of a new series, due now, and hand them to the broker;
-    report each chunk done to `progress`."""
+    report each chunk done to `progress`. Those to an endpoint that delivers runs in order go
+    in their run's order again (ordering.py): each waits for its turn, the lowest goes now."""
     total = 0
     for ids in _chunks(rows):
-        updated = rows.filter(pk__in=ids).update(
-            status=DeliveryStatus.PENDING,
-            series_start=F("attempt_count"),
-            next_attempt_at=timezone.now(),
-            finished_at=None,
-            lease=None,
-            locked_until=None,
-            slot_reserved=False,
-        )
+        with transaction.atomic():
+            updated = rows.filter(pk__in=ids).update(
+                status=DeliveryStatus.PENDING,
+                series_start=F("attempt_count"),
+                next_attempt_at=timezone.now(),
+                finished_at=None,
+                lease=None,
+                locked_until=None,
+                slot_reserved=False,
+            )
+            ordered = Delivery.objects.filter(pk__in=ids, run_id__isnull=False)
+            if runs := set(ordered.values_list("run_id", flat=True)):
+                ordered.update(waiting=True, next_attempt_at=None, skipped_event_ids=None)
+                ordering.settle(runs)
         _submit(ids, total)
         total += updated
         if progress is not None:

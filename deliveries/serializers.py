@@ -12,19 +12,31 @@ from webhooks.models import Endpoint
 
 from . import feed, stats
 from .events import dumps
-from .models import Attempt, Delivery, Event
+from .models import Attempt, Delivery, Event, PayloadRemoval, Replay
+from .replay import progress as replay_progress
 
 
 class EventSerializer(serializers.ModelSerializer):
     event_type = serializers.CharField(source="type")
-    payload = serializers.SerializerMethodField()
+    payload = serializers.SerializerMethodField(
+        help_text="The envelope as POSTed; null once its payload expired or was erased (`payload_removed`)."
+    )
 
     class Meta:
         model = Event
-        fields = ["id", "event_type", "agent", "run_id", "sequence", "previous_event_id", "created_at", "payload"]
+        fields = [
+            "id", "event_type", "agent", "run_id", "sequence", "previous_event_id", "created_at", "payload",
+            "payload_removed", "payload_removed_at",
+        ]  # fmt: skip
+        extra_kwargs = {
+            "payload_removed": {
+                "help_text": '"" while the payload is kept; "expired" (past its retention period) or "erased" (on '
+                "request) once it was removed: the event stays, without its data."
+            },
+        }
 
-    def get_payload(self, event) -> dict:
-        return json.loads(event.body)
+    def get_payload(self, event) -> dict | None:
+        return None if event.payload_removed else json.loads(event.body)
 
 
 class PublishSerializer(serializers.Serializer):
@@ -70,16 +82,37 @@ class AttemptSerializer(serializers.ModelSerializer):
 
 class DeliverySerializer(serializers.ModelSerializer):
     event = serializers.CharField(source="event_id")
+    payload_removed = serializers.CharField(
+        source="event.payload_removed", read_only=True,
+        help_text='"expired" or "erased" once its event\'s payload was removed (the attempts\' response excerpts '
+        'too); "" while kept.',
+    )  # fmt: skip
     event_type = serializers.CharField(source="event.type")
     webhook = serializers.CharField(source="endpoint_id", allow_null=True)
     url = serializers.CharField(source="target_url")
+    skipped_event_ids = serializers.ListField(
+        child=serializers.CharField(), allow_null=True, read_only=True,
+        help_text="Ordered deliveries: the run's earlier events whose deliveries to this endpoint failed or went dead "
+        "before this one went (the 100 most recent; null if none): what the receiver did not get.",
+    )  # fmt: skip
 
     class Meta:
         model = Delivery
         fields = [
             "id", "event", "event_type", "webhook", "kind", "url", "status", "attempt_count", "next_attempt_at",
             "last_attempt_at", "last_status_code", "last_error", "created_at", "finished_at",
+            "run_id", "sequence", "waiting", "skipped_event_ids", "payload_removed",
         ]  # fmt: skip
+        extra_kwargs = {
+            "run_id": {
+                "help_text": 'The run of the event, for a delivery to an endpoint with ordering "run"; else null.'
+            },
+            "sequence": {"help_text": "The event's sequence in its run (ordered deliveries only; else null)."},
+            "waiting": {
+                "help_text": "Ordered deliveries: true while it waits for the run's earlier delivery to this endpoint "
+                "to finish (next_attempt_at is null meanwhile)."
+            },
+        }
 
 
 class DeliveryDetailSerializer(DeliverySerializer):
@@ -87,6 +120,16 @@ class DeliveryDetailSerializer(DeliverySerializer):
 
     class Meta(DeliverySerializer.Meta):
         fields = [*DeliverySerializer.Meta.fields, "attempts"]
+
+    def to_representation(self, instance):
+        """No response excerpt once the event's payload is gone: an attempt that was on the wire
+        when it was erased is recorded after, with the receiver's answer, until retention's
+        `settle` clears it; `payload_removed` says why the excerpts are empty."""
+        data = super().to_representation(instance)
+        if instance.event.payload_removed:
+            for attempt in data["attempts"]:
+                attempt["response_body"] = ""
+        return data
 
 
 class RetrySerializer(serializers.Serializer):
@@ -219,7 +262,14 @@ class FeedEventSerializer(serializers.Serializer):
     type = serializers.CharField()
     created_at = serializers.DateTimeField()
     cursor = serializers.CharField(help_text="The feed's position after this event: `after` to go on from it.")
-    body = serializers.CharField(help_text="The event envelope, the exact text a POST would carry (and is signed).")
+    body = serializers.CharField(
+        allow_null=True,
+        help_text="The event envelope, the exact text a POST would carry (and is signed). With `endpoint`, in its "
+        "payload shape: thin, or without its `exclude_fields`. null once its payload expired or was erased.",
+    )
+    payload_removed = serializers.CharField(
+        required=False, help_text='Only for an event whose payload was removed: "expired" or "erased" (`body` is null).'
+    )
     headers = serializers.DictField(
         child=serializers.CharField(), required=False,
         help_text="With `endpoint`: the headers of a POST to it, signed with its secret.",
@@ -233,3 +283,72 @@ class FeedSerializer(serializers.Serializer):
     events = FeedEventSerializer(many=True)
     next = serializers.CharField(help_text="Pass as `after` for what comes next.")
     has_more = serializers.BooleanField(help_text="More is waiting already: ask again at once.")
+
+
+class ReplayRequestSerializer(serializers.Serializer):
+    """`POST /api/v1/webhooks/<id>/replay/` (deliveries/replay.py: what is replayed, and why)."""
+
+    since = serializers.DateTimeField(help_text="Replay events created at or after this time (ISO 8601).")
+    until = serializers.DateTimeField(
+        required=False, help_text="...and before this time (ISO 8601); default and latest: now."
+    )
+    event_types = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        max_length=50,
+        help_text='Only these event types ("agent.step.*" style patterns allowed), of those the endpoint takes; '
+        "default: every type it takes.",
+    )
+
+
+class ReplaySerializer(serializers.ModelSerializer):
+    webhook = serializers.CharField(source="endpoint_id")
+    progress = serializers.SerializerMethodField(
+        help_text="events_examined / events_total, 0 to 1 (1 once done; null for an empty window)."
+    )
+
+    class Meta:
+        model = Replay
+        fields = [
+            "id", "webhook", "state", "since", "until", "event_types", "events_total", "events_examined",
+            "deliveries_created", "progress", "requested_by", "error", "created_at", "updated_at", "finished_at",
+        ]  # fmt: skip
+        extra_kwargs = {
+            "state": {"help_text": "running, then done; failed (see error) or cancelled."},
+            "events_total": {"help_text": "Events of the organization in the window when the replay started."},
+            "events_examined": {"help_text": "Of those, how many were looked at so far (oldest first)."},
+            "deliveries_created": {
+                "help_text": "Deliveries created for events the endpoint takes and had not received: being sent."
+            },
+        }
+
+    def get_progress(self, replay) -> float | None:
+        return replay_progress(replay)
+
+
+# --- payload erasure (deliveries/retention.py) ----------------------------------------------
+
+
+class EraseRequestSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=500, default="",
+        help_text="Why (a ticket, a user's request): recorded with who asked and when.",
+    )  # fmt: skip
+
+
+class PayloadRemovalSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PayloadRemoval
+        fields = [
+            "id", "kind", "organization_id", "agent_id", "requested_by", "reason", "requested_at", "finished_at",
+            "events", "deliveries_failed", "attempts_cleared", "settle_by",
+        ]  # fmt: skip
+        extra_kwargs = {
+            "events": {"help_text": "Events whose payloads were removed (their rows stay, without data)."},
+            "deliveries_failed": {"help_text": "Undelivered deliveries finished `failed`: they will not be sent."},
+            "attempts_cleared": {"help_text": "Attempts whose response excerpt was removed."},
+            "settle_by": {
+                "help_text": "Deliveries were being sent at that moment: their answers' excerpts are removed too once "
+                "they are recorded, by this time. null if none was."
+            },
+        }

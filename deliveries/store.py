@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from webhooks import health
 from webhooks.models import Endpoint, redact_headers, redact_url, redacted_host
 
-from . import metrics, policy, signals
+from . import metrics, ordering, policy, signals
 from .models import Attempt, Delivery, DeliveryKind, DeliveryStatus, Event
 
 logger = logging.getLogger(__name__)
@@ -193,10 +193,13 @@ def give_back(deliveries: list[Delivery], next_attempt_at, *, slot_reserved: boo
         )
 
 
-def record(jobs: list) -> list[Outcome]:
+def record(jobs: list, released: list[int] | None = None) -> list[Outcome]:
     """Write the attempts of finished jobs (lanes.Job: delivery, request, started, response)
     and each delivery's new state, in one transaction (in which `signals.outcomes_recorded`
-    hears what they changed); return the outcomes."""
+    hears what they changed); return the outcomes.
+
+    Deliveries whose turn came because one of these finished (ordered runs: ordering.py) are
+    handed to the broker, or, given a `released` list, added to it for the caller to send."""
     if not jobs:
         return []
     now = timezone.now()
@@ -232,12 +235,16 @@ def record(jobs: list) -> list[Outcome]:
     failed = collections.Counter(
         d.endpoint_id for d in deliveries if d.endpoint_id in endpoints and d.status != "succeeded"
     )
+    finished_runs = {d.run_id for d in deliveries if d.run_id is not None and d.status != DeliveryStatus.PENDING}
+    freed: list[int] = []
     for last_try in (False, True):
         try:
             with transaction.atomic():  # one commit for the whole batch's log
                 relaxed_commit()
                 _insert_attempts(attempts)
                 _save_outcomes(deliveries, leases)
+                if finished_runs:  # the next delivery of an ordered run may go now
+                    freed = ordering.settle(finished_runs, submit=released is None)
                 changes = health.record_attempts(succeeded, failed, now, list(endpoints.values()))
                 disabled = [e.pk for e in changes.disabled]
                 if gone_endpoints:
@@ -254,6 +261,8 @@ def record(jobs: list) -> list[Outcome]:
             connection.close()
     for delivery in deliveries:
         delivery.lease = delivery.locked_until = None
+    if released is not None:
+        released += freed
     metrics.attempts_recorded(jobs, outcomes)
     if gone_endpoints:
         logger.warning("endpoints %s answered 410 Gone: disabled", sorted(gone_endpoints))

@@ -4,7 +4,10 @@
   attempts, sent concurrently.
 * `deliver_batch(delivery_ids)`: an attempt now of each of these deliveries that is due and
   free (retried by hand, resumed endpoint, test event).
-* `purge_attempts`, `purge_idempotency_keys` (beat): retention.
+* `replay_events(replay_ids)`: the next batches of replays (`replay`), for a few seconds; the
+  rest goes back to the broker as a new message.
+* `purge_attempts`, `purge_idempotency_keys`, `expire_payloads` (beat): retention;
+  `settle_payload_removals`: the late attempts of an erasure (`retention.settle`).
 
 A failed attempt's retry is not a task retry: its time is written on the delivery
 (`policy`, `store`) and the due loop sends it (`dueloop`), in batches, with whatever else is
@@ -25,7 +28,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from . import fanout, pipeline, recovery
+from . import fanout, pipeline, recovery, replay, retention
 
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 
@@ -48,6 +51,11 @@ def deliver_batch(delivery_ids: list[int]) -> None:
     pipeline.deliver(delivery_ids)
 
 
+@shared_task(ignore_result=True, **_retried)
+def replay_events(replay_ids: list[int]) -> None:
+    replay.advance(replay_ids)
+
+
 @shared_task(ignore_result=True)
 def purge_attempts() -> int:
     return recovery.purge_attempts()
@@ -56,3 +64,13 @@ def purge_attempts() -> int:
 @shared_task(ignore_result=True)
 def purge_idempotency_keys() -> int:
     return recovery.purge_idempotency_keys()
+
+
+@shared_task(ignore_result=True)
+def expire_payloads() -> int:
+    return retention.expire()
+
+
+@shared_task(ignore_result=True)
+def settle_payload_removals() -> int:
+    return retention.settle()

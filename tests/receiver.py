@@ -40,6 +40,7 @@ class Receiver:
         self.requests: list[Received] = []
         self._scripts: dict[str, list[Reply]] = {}
         self._fail_first: dict[str, tuple[int, set]] = {}
+        self._answers: dict[str, object] = {}
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         owner = self
@@ -50,7 +51,7 @@ class Receiver:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
-                reply = owner._next_reply(self.path, self.headers.get("webhook-id"))
+                reply = owner._next_reply(self.path, self.headers.get("webhook-id"), body)
                 with owner._arrived:  # recorded on arrival, before any scripted delay
                     owner.requests.append(Received(self.path, dict(self.headers.items()), body, time.time()))
                     owner._arrived.notify_all()
@@ -84,8 +85,15 @@ class Receiver:
         with self._lock:
             self._fail_first[path] = (status, set())
 
-    def _next_reply(self, path: str, message_id: str | None = None) -> Reply:
+    def answer(self, path: str, status_of) -> None:
+        """Answer each POST to `path` with the status `status_of(body)` returns (200 for None)."""
         with self._lock:
+            self._answers[path] = status_of
+
+    def _next_reply(self, path: str, message_id: str | None = None, body: bytes = b"") -> Reply:
+        with self._lock:
+            if path in self._answers:
+                return Reply(self._answers[path](body) or 200)
             if path in self._fail_first and message_id:
                 status, seen = self._fail_first[path]
                 if message_id not in seen:
@@ -117,6 +125,7 @@ class Receiver:
             self.requests.clear()
             self._scripts.clear()
             self._fail_first.clear()
+            self._answers.clear()
 
     def close(self) -> None:
         self.server.shutdown()

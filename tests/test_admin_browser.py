@@ -345,3 +345,48 @@ def assert_charts_drawn(browser) -> None:
     assert len(ok_bars) >= 24 and all(bar.size["height"] > 0 for bar in ok_bars)
     tiles = browser.find_element(By.CSS_SELECTOR, "#window-7d .stats-tiles").text
     assert "Attempts" in tiles and " ms" in tiles and "—" not in tiles
+
+
+def test_an_operator_replays_a_run_to_a_new_ordered_endpoint(
+    live, live_server, browser, screenshots, django_user_model, org, agent, make_endpoint
+):
+    """A run's three events went out before the endpoint existed: the endpoint's "Replay
+    events" page sends them; its receiver refuses the first, so the next waits its turn, and
+    the delivery's page says so."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from agents_hooks.models import Run
+    from deliveries.events import publish
+
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    make_endpoint("/before")
+    run = Run.objects.create(agent=agent)
+    events = [publish("agent.custom.step", organization=org, agent=agent, run=run, data={"n": n}) for n in range(3)]
+    live.wait_for(3, "/before")
+    wait_until(lambda: Event.objects.filter(fanned_out_at__isnull=True).count() == 0, message="fanned out")
+    late = make_endpoint("/late", ordering="run", retry_schedule=[3600], description="added after the run")
+    live.answer("/late", lambda body: 500 if b'"sequence":1,' in body else None)
+    wait = WebDriverWait(browser, 20)
+
+    log_in(browser, live_server, f"/admin/webhooks/endpoint/{late.pk}/change/")
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, 'a[href$="/replay/"]'))).click()
+    form = wait.until(ec.presence_of_element_located((By.ID, "replay-form")))
+    since = form.find_element(By.NAME, "since")
+    since.clear()
+    since.send_keys((timezone.now() - datetime.timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S"))
+    form.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(ec.presence_of_element_located((By.ID, "replays")))
+    live.wait_for(1, "/late")  # the first, refused; the others wait behind it
+    waiting = wait_until(lambda: Delivery.objects.filter(event=events[1], endpoint=late, waiting=True).first())
+    browser.refresh()
+    table = wait.until(ec.presence_of_element_located((By.ID, "replays")))
+    assert "done" in table.text
+    save_page(browser, screenshots / "endpoint-replay.png")
+
+    browser.get(f"{live_server.url}/admin/deliveries/delivery/{waiting.pk}/change/")
+    content = wait.until(ec.presence_of_element_located((By.ID, "content"))).text
+    assert "waiting for its turn" in content and f"event 2 of run {run.pk}" in content
+    save_page(browser, screenshots / "delivery-waiting.png")
+    assert len(live.received("/late")) == 1

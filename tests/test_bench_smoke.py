@@ -27,6 +27,16 @@ def test_throughput_scenario_delivers_everything(mode):
     assert result["failed_signatures"] == 0
 
 
+def test_ordered_throughput_with_a_slow_run_delivers_everything():
+    """Ordering "run" over 5 runs, the first answered after 0.2 s: every delivery arrived,
+    verified, and the figures split the slow run from the others."""
+    result = bench("throughput", "-n", "20", "--endpoints", "3", "--ordered", "--runs", "5", "--slow-run", "0.2")
+    assert result["ordered"] and result["runs"] == 5
+    assert result["verified"] == result["deliveries"] == result["succeeded_rows"] == 60
+    assert result["slow_run_deliveries"] == 12 and result["other_runs_deliveries"] == 48  # 4 of 20 steps x 3
+    assert result["slow_run_seconds"] >= 4 * 0.2  # its 4 events one after another, 0.2 s each
+
+
 def test_overhead_and_fanout_scenarios_run():
     over = bench("overhead", "--saves", "60", "--endpoints", "3")
     assert over["hooked_save"]["n"] == over["bare_save"]["n"] > 0

@@ -153,7 +153,8 @@ def test_the_readme_walkthrough_runs_as_written(receiver, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     answers = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert "secret" in json.loads(result.stderr.splitlines()[-1])  # the endpoint, shown once by tee
-    step, delivery, stats, test, rotated, retried, forced, pending, recovered, patched, types, filtered, tried = answers
+    step, delivery, stats, test, rotated, retried, forced, pending, recovered, patched, types, filtered = answers[:12]
+    tried, replay, replays, ordered, subscription, subscriptions = answers[12:]
     assert step["status"] == "success"
     assert delivery["status"] in ("pending", "succeeded")  # shown at once: its attempt may be under way
     assert stats["window"] == "24h"
@@ -167,6 +168,10 @@ def test_the_readme_walkthrough_runs_as_written(receiver, tmp_path):
     assert any(t["name"] == "agent.step.completed" for t in types)
     assert filtered["filter"] == {"path": "data.status", "in": ["failed", "cancelled"]}
     assert tried["matches"] is False and "data.status is 'success'" in tried["reason"]
+    assert replay["state"] in ("running", "done") and replays["results"][0]["id"] == replay["id"]
+    assert ordered["ordering"] == "run"
+    assert subscription["state"] == "active" and "secret" in subscription
+    assert [s["id"] for s in subscriptions["results"]] == [subscription["id"]]
     assert {r.headers["X-Letta-Event-Type"] for r in receiver.requests if r.path == "/hook"} >= {
         "agent.step.completed",
         "webhook.test",

@@ -32,9 +32,9 @@ from deliveries.models import Attempt, Delivery
 from deliveries.recovery import disable_endpoints, recover_endpoint, resume_endpoint, retry_pending
 from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
 
-from . import catalog, clientcert, content_filter, credentials, urlsafety
-from .forms import EventTypesField, HeadersField, format_headers
-from .models import Endpoint, EndpointKind, url_problem
+from . import admin_replay, catalog, clientcert, content_filter, credentials, urlsafety
+from .forms import EventTypesField, ExcludeFieldsField, HeadersField, format_headers
+from .models import Endpoint, EndpointKind, Ordering, Payload, url_problem
 from .serializers import EndpointSerializer
 
 # The list's columns: URLs cut to this many characters (whole in the tooltip), at most this
@@ -73,6 +73,13 @@ class EndpointForm(forms.ModelForm):
     )  # fmt: skip
     event_types = EventTypesField(required=False, label="Event types")
     headers = HeadersField(required=False, label="Custom headers")
+    exclude_fields = ExcludeFieldsField(
+        required=False,
+        label="Excluded fields",
+        help_text="Fields of <code>data</code> never sent to this endpoint, one dotted path per line from inside "
+        "<code>data</code>: <code>content</code>, <code>usage.total_tokens</code>. A path that reaches a list applies "
+        "to each item; one an event does not have is passed over. <strong>Empty: nothing excluded.</strong>",
+    )
     filter = forms.CharField(
         required=False,
         label="Content filter",
@@ -108,13 +115,17 @@ class EndpointForm(forms.ModelForm):
         model = Endpoint
         fields = [
             "organization", "kind", "url", "agent", "description", "event_types", "filter", "headers", "rate_limit",
-            "retry_schedule", "is_active",
+            "retry_schedule", "ordering", "is_active", "payload", "exclude_fields",
         ]  # fmt: skip
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "kind" in self.fields:  # push unless chosen (a form posted without it, by a script)
             self.fields["kind"].required = False
+        if "ordering" in self.fields:  # as it is unless chosen
+            self.fields["ordering"].required = False
+        if "payload" in self.fields:  # as it is (full for a new one) unless chosen, as kind
+            self.fields["payload"].required = False
         # Credential values are never put in the page: HeadersField shows them masked, and a mask
         # saved unchanged keeps the stored value (`clean_headers`), as the API does.
         if "headers" in self.fields:  # not for someone who may only view
@@ -157,6 +168,12 @@ class EndpointForm(forms.ModelForm):
     def clean_kind(self):
         return self.cleaned_data.get("kind") or EndpointKind.PUSH
 
+    def clean_ordering(self):
+        return self.cleaned_data.get("ordering") or self.instance.ordering or Ordering.NONE
+
+    def clean_payload(self):
+        return self.cleaned_data.get("payload") or self.instance.payload or Payload.FULL
+
     def clean_url(self):
         url = self.cleaned_data["url"]
         if url and "url" in self.changed_data:
@@ -171,6 +188,9 @@ class EndpointForm(forms.ModelForm):
 
     def clean_headers(self) -> dict[str, str]:
         return self._api_rules("headers", self.cleaned_data["headers"])
+
+    def clean_exclude_fields(self) -> list[str]:
+        return self._api_rules("exclude_fields", self.cleaned_data["exclude_fields"])
 
     def _api_rules(self, name: str, value):
         """`value` for field `name` as the API's serializer validates it (the same rules, the
@@ -239,13 +259,15 @@ class ScopeFilter(admin.SimpleListFilter):
     parameter_name = "scope"
 
     def lookups(self, request, model_admin):
-        return [("all", "All agents"), ("agent", "One agent")]
+        return [("all", "All agents"), ("agent", "One agent"), ("run", "One run (run subscriptions)")]
 
     def queryset(self, request, queryset):
         if self.value() == "all":
             return queryset.filter(agent__isnull=True)
         if self.value() == "agent":
-            return queryset.filter(agent__isnull=False)
+            return queryset.filter(agent__isnull=False, run__isnull=True)
+        if self.value() == "run":
+            return queryset.filter(run__isnull=False)
         return queryset
 
 
@@ -277,6 +299,7 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
         "success_24h",
         "secret_status",
         "client_certificate_status",
+        "run_subscription",
         "created_at",
         "updated_at",
     ]
@@ -292,9 +315,12 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
             "description",
             "event_types" if can_change else "subscribed_events",
             "filter" if can_change else "filter_shown",
+            "payload",
+            "exclude_fields",
             headers,
             "rate_limit",
             "retry_schedule",
+            "ordering",
             "is_active",
         ]
         # The certificate's fields are write-only: someone who may only view sees its status.
@@ -304,6 +330,7 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
             return [(None, {"fields": ["organization", *editable]}), ("Mutual TLS", {"fields": mtls})]
         return [
             (None, {"fields": ["id", "organization", *editable]}),
+            *([("Run subscription", {"fields": ["run_subscription"]})] if obj.run_id else []),
             (
                 "Health",
                 {
@@ -346,16 +373,28 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
 
     @admin.display(description="event types")
     def subscribed_events(self, obj) -> str:
-        return format_html("{}{}", self._patterns(obj), self._filtered(obj))
+        return format_html("{}{}{}", self._patterns(obj), self._filtered(obj), self._shaped(obj))
 
     @staticmethod
     def _patterns(obj) -> str:
         patterns = obj.event_types or []
         if not patterns:
-            return format_html('<span class="quiet">{}</span>', "all agent events")
+            everything = "all the run's events" if obj.run_id else "all agent events"
+            return format_html('<span class="quiet">{}</span>', everything)
         shown = ", ".join(patterns[:EVENT_TYPES_SHOWN])
         more = f" +{len(patterns) - EVENT_TYPES_SHOWN} more" if len(patterns) > EVENT_TYPES_SHOWN else ""
         return format_html('<span title="{}">{}{}</span>', ", ".join(patterns), shown, more)
+
+    @staticmethod
+    def _shaped(obj) -> str:
+        """A "thin" or "redacted" marker under the types, what is left out in its tooltip."""
+        if obj.payload == Payload.FULL and not obj.exclude_fields:
+            return ""
+        label = "thin" if obj.payload == Payload.THIN else "redacted"
+        title = "only ids in data" if obj.payload == Payload.THIN else ""
+        if obj.exclude_fields:
+            title = ", ".join(filter(None, [title, "without " + ", ".join(obj.exclude_fields)]))
+        return format_html('<br><span class="quiet shaped" title="{}">{}</span>', title, label)
 
     @staticmethod
     def _filtered(obj) -> str:
@@ -376,7 +415,17 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
 
     @admin.display(description="scope", ordering="agent__name")
     def scope(self, obj) -> str:
+        if obj.run_id:  # a run subscription (webhooks/run_subscriptions.py): its run, and whether it still takes events
+            return format_html('run <code>{}</code><br><span class="quiet">{}</span>', obj.run_id, obj.state)
         return obj.agent.name if obj.agent_id else "all agents"
+
+    @admin.display(description="run subscription")
+    def run_subscription(self, obj) -> str:
+        """Its run, its state, and when it ended or expires."""
+        moment, at = ("ended", obj.ended_at) if obj.ended_at else ("expires", obj.expires_at)
+        when = f"{moment} {at:%Y-%m-%d %H:%M:%S} UTC" if at else "no time to live"
+        url = reverse("admin:agents_hooks_run_change", args=[quote(obj.run_id)])
+        return format_html('run <a href="{}">{}</a>: {} ({})', url, obj.run_id, obj.state, when)
 
     @admin.display(description="active", boolean=True, ordering="is_active")
     def active(self, obj) -> bool:
@@ -400,7 +449,21 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
 
     def get_urls(self):
         stats = self.admin_site.admin_view(self.stats_view)
-        return [path("<path:object_id>/stats/", stats, name="webhooks_endpoint_stats"), *super().get_urls()]
+        replays = self.admin_site.admin_view(self.replay_view)
+        return [
+            path("<path:object_id>/stats/", stats, name="webhooks_endpoint_stats"),
+            path("<path:object_id>/replay/", replays, name="webhooks_endpoint_replay"),
+            *super().get_urls(),
+        ]
+
+    def replay_view(self, request, object_id):
+        """Start a replay of past events to the endpoint, and follow its replays (admin_replay.py)."""
+        endpoint = self.get_object(request, unquote(object_id))
+        if endpoint is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_view_permission(request, endpoint):
+            raise PermissionDenied
+        return admin_replay.replay_page(self, request, endpoint)
 
     def stats_view(self, request, object_id):
         """The endpoint's charts over the last 24 hours and 7 days (deliveries/dashboard.py)."""

@@ -1,22 +1,28 @@
 """REST API for endpoints ("webhooks"): CRUD, secret rotation, test-send, recovery, statistics,
-and the event type catalog."""
+run subscriptions, and the event type catalog."""
 
+import functools
+
+from django.urls import reverse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers, status, viewsets
+from rest_framework import generics, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_hooks.auth import HasOrganization, OrganizationScoped, organization_of
-from deliveries import recovery, selectors
+from agents_hooks.auth import HasOrganization, OrganizationScoped, organization_of, requester
+from agents_hooks.models import Run
+from deliveries import recovery, replay, selectors
 from deliveries.events import EndpointDisabled, send_test
 from deliveries.models import Event
 from deliveries.serializers import (
     AttemptSerializer,
     DeliverySerializer,
+    ReplayRequestSerializer,
+    ReplaySerializer,
     StatsQuerySerializer,
     StatsSerializer,
     TestSendSerializer,
@@ -25,7 +31,7 @@ from deliveries.stats import window_stats
 from webhooks_project.filters import SearchFilter
 from webhooks_project.schema import ERROR_BODY
 
-from . import catalog, content_filter, event_types
+from . import catalog, content_filter, event_types, run_subscriptions
 from . import serializers as s
 from .filters import EndpointFilter
 from .models import Endpoint, EventType
@@ -143,7 +149,8 @@ class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
         verdict = content_filter.explain(value, envelope) if value else content_filter.Verdict(True)
         event_type = envelope.get("event_type")
         agent_id = envelope.get("agent_id")
-        subscribed = endpoint.receives(event_type, agent_id) if isinstance(event_type, str) else None
+        run_id = envelope.get("run_id")
+        subscribed = endpoint.receives(event_type, agent_id, run_id=run_id) if isinstance(event_type, str) else None
         return Response(
             {
                 "matches": verdict.matches,
@@ -177,6 +184,92 @@ class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
             )
         return Response({"retried": recovery.retry_pending(endpoint)}, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        request=ReplayRequestSerializer,
+        responses={
+            202: ReplaySerializer,
+            400: OpenApiResponse(ERROR_BODY, description="Bad input (naming the field), or a pull endpoint."),
+            409: OpenApiResponse(ERROR_BODY, description="A replay of this endpoint is still running."),
+        },
+        examples=[
+            OpenApiExample("The last day", request_only=True, value={"since": "2026-11-30T09:00:00Z"}),
+            OpenApiExample(
+                "Failed steps of one morning",
+                request_only=True,
+                value={
+                    "since": "2026-12-01T06:00:00Z",
+                    "until": "2026-12-01T12:00:00Z",
+                    "event_types": ["agent.step.failed"],
+                },
+            ),
+        ],
+    )
+    @action(detail=True, methods=["post"])
+    def replay(self, request, pk=None):
+        """Send this endpoint the past events created in [`since`, `until`) that it takes now (its
+        types, agent, run and filter as they are) and never got a delivery of: after creating it,
+        or widening what it takes. Each goes once, signed as usual, in order for an endpoint with
+        ordering "run". Worked through in batches by the workers: follow `progress` at
+        `replays/<id>/`. Failed or dead deliveries are not replayed (`recover` retries them); nor
+        are events too large to send, or whose payload was removed. A disabled endpoint's replay
+        is held with its other deliveries until it is enabled. One replay per endpoint at a time."""
+        endpoint = self.get_object()
+        body = ReplayRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        given = body.validated_data
+        try:
+            started = replay.start(
+                endpoint,
+                given["since"],
+                given.get("until"),
+                given.get("event_types"),
+                requested_by=requester(request),
+            )
+        except replay.ReplayRefused as exc:
+            if exc.field:
+                raise serializers.ValidationError({exc.field: [str(exc)]}) from exc
+            code = status.HTTP_409_CONFLICT if exc.conflict else status.HTTP_400_BAD_REQUEST
+            return Response({"detail": str(exc)}, status=code)
+        location = request.build_absolute_uri(reverse("endpoint-replay-detail", args=[endpoint.pk, started.pk]))
+        return Response(ReplaySerializer(started).data, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
+
+    @extend_schema(responses={200: ReplaySerializer(many=True)})
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def replays(self, request, pk=None):
+        """This endpoint's replays, the latest first, with their progress."""
+        endpoint = self.get_object()
+        rows = endpoint.replays.order_by("-created_at", "-pk")
+        page = self.paginate_queryset(rows)
+        return self.get_paginated_response(ReplaySerializer(page, many=True).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("replay_id", int, OpenApiParameter.PATH, description="The replay's id.")],
+        responses={200: ReplaySerializer},
+    )
+    @action(detail=True, methods=["get"], url_path=r"replays/(?P<replay_id>[0-9]{1,18})")
+    def replay_detail(self, request, pk=None, replay_id=None):
+        """One replay of this endpoint: its state and progress."""
+        return Response(ReplaySerializer(self._replay(replay_id)).data)
+
+    @extend_schema(
+        request=None,
+        parameters=[OpenApiParameter("replay_id", int, OpenApiParameter.PATH, description="The replay's id.")],
+        responses={200: ReplaySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path=r"replays/(?P<replay_id>[0-9]{1,18})/cancel")
+    def cancel_replay(self, request, pk=None, replay_id=None):
+        """Stop a running replay after the batch in hand; the deliveries it created go on. A
+        replay already finished is answered as it is."""
+        found = self._replay(replay_id)
+        replay.cancel(found)
+        return Response(ReplaySerializer(found).data)
+
+    def _replay(self, replay_id: str):
+        found = self.get_object().replays.filter(pk=int(replay_id)).first()
+        if found is None:
+            raise NotFound(f"no replay {replay_id} of this endpoint")
+        return found
+
     @extend_schema(parameters=[StatsQuerySerializer], responses={200: StatsSerializer})
     @action(detail=True, methods=["get"])
     def stats(self, request, pk=None):
@@ -186,6 +279,76 @@ class EndpointViewSet(OrganizationScoped, viewsets.ModelViewSet):
         query = StatsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         return Response(StatsSerializer(window_stats(query.validated_data["window"], endpoint=endpoint)).data)
+
+
+RUN_ENDED = OpenApiResponse(ERROR_BODY, description="The run already ended: its last event was published.")
+
+
+@extend_schema(parameters=[OpenApiParameter("run_id", str, OpenApiParameter.PATH, description="The run's id.")])
+class RunSubscriptionsView(OrganizationScoped, generics.ListCreateAPIView):
+    """A run's subscriptions (webhooks/run_subscriptions.py): endpoints that take that run's
+    events only, until its last one was delivered or their TTL. Each is an endpoint like any
+    other, also under /api/v1/webhooks/ (where it is changed or deleted)."""
+
+    queryset = Endpoint.objects.order_by("created_at", "pk")
+    serializer_class = s.RunSubscriptionSerializer
+
+    @extend_schema(responses={200: s.RunSubscriptionSerializer(many=True)})
+    def get(self, request, *args, **kwargs):
+        """The run's subscriptions, oldest first, each with its `state`: active, ended (the run's last
+        event was delivered to it), expired (past `expires_at`) or disabled."""
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        responses={201: s.RunSubscriptionWithSecretSerializer, 409: RUN_ENDED},
+        examples=[
+            OpenApiExample(
+                "Every event of the run",
+                request_only=True,
+                value={"url": "https://example.com/runs/hook"},
+            ),
+            OpenApiExample(
+                "Its failed steps only, for an hour",
+                request_only=True,
+                value={
+                    "url": "https://example.com/runs/hook",
+                    "event_types": ["agent.step.failed"],
+                    "ttl_seconds": 3600,
+                },
+            ),
+        ],
+    )
+    def post(self, request, *args, **kwargs):
+        """Subscribe a URL to this run's events only: those of `event_types` (all of the run's if empty)
+        that pass `filter`, and always the run's last event, `agent.run.completed`, after which the
+        subscription ends by itself (`state: ended`); deliveries already made finish their retries.
+        If the run never ends, it takes no new event after `expires_at` (`ttl_seconds` from now;
+        by default WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS). Delivered in the run's order by default
+        (`ordering: "run"`). The URL is checked, the POSTs signed and logged, as for any endpoint;
+        the signing secret is in this answer only. A run that already ended is a 409."""
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        run = self.run
+        if run_subscriptions.run_ended(run):
+            detail = f"run {run.pk} already ended ({run.status}): its last event was published"
+            return Response({"detail": detail}, status=status.HTTP_409_CONFLICT)
+        serializer.save(organization=self.organization, run=run, agent_id=run.agent_id)
+        return Response(s.RunSubscriptionWithSecretSerializer(serializer.instance).data, status=status.HTTP_201_CREATED)
+
+    @functools.cached_property
+    def run(self) -> Run:
+        """The run named in the URL, if it is the caller's organization's; else a 404."""
+        run_id, run = self.kwargs["run_id"], None
+        if "\x00" not in run_id:  # PostgreSQL text cannot hold NUL: no run has such an id
+            run = Run.objects.filter(pk=run_id, agent__organization=self.organization).first()
+        if run is None:
+            raise NotFound(f"no run {run_id!r} in your organization")
+        return run
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no run
+            return Endpoint.objects.none()
+        return super().get_queryset().filter(run=self.run)
 
 
 class EventTypesView(APIView):

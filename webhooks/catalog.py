@@ -98,6 +98,9 @@ EVENT_TYPES: dict[str, tuple[str, dict]] = {
 # filter means every agent event, not these (Endpoint.receives).
 OPERATIONAL_EVENT_TYPES = frozenset({"endpoint.disabled", "endpoint.enabled", "endpoint.failing", "delivery.dead"})
 
+# A run's last event: a run subscription always takes it, and ends once it was delivered.
+RUN_ENDED = "agent.run.completed"
+
 # Which stream each built-in event is numbered in: the envelope's `run_id`, `sequence` (1, 2, 3...
 # per stream, no gaps) and `previous_event_id` (deliveries/streams.py). Outside a run, an event
 # with an agent is numbered in that agent's stream of events outside runs; with neither: null.

@@ -38,5 +38,5 @@ class EndpointFilter(django_filters.FilterSet):
             message = f"unknown event type {value[:100]!r}: GET /api/v1/event-types/ lists them"
             raise ValidationError({"event_type": [message]})
         agent_of = (lambda endpoint: None) if value in catalog.OPERATIONAL_EVENT_TYPES else (lambda e: e.agent_id)
-        candidates = queryset.only("pk", "agent_id", "event_types")
-        return queryset.filter(pk__in=[e.pk for e in candidates if e.receives(value, agent_of(e))])
+        candidates = queryset.only("pk", "agent_id", "run_id", "event_types")  # a run subscription: in its run
+        return queryset.filter(pk__in=[e.pk for e in candidates if e.receives(value, agent_of(e), run_id=e.run_id)])

@@ -87,6 +87,13 @@ class EventTypesField(forms.CharField):
         return format_event_types(value) if isinstance(value, list) else value
 
 
+class ExcludeFieldsField(EventTypesField):
+    """Dotted paths inside an event's `data` never sent, one per line (or separated by commas,
+    as event types are); empty for none. The rules are the API's (`payload_shape`)."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 40, "placeholder": "nothing excluded"})
+
+
 class HeadersField(forms.CharField):
     """Custom headers, one "Name: value" per line. Shown with credential values masked
     (`credentials.MASK`); the mask written back stands for the stored value."""

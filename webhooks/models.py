@@ -12,7 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
-from . import catalog, clientcert, content_filter, credentials, crypto, signing
+from . import catalog, clientcert, content_filter, credentials, crypto, payload_shape, signing
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,12 @@ class EndpointQuerySet(models.QuerySet):
         }  # fmt: skip
         return self._switch({"is_active": False}, changes)
 
+    def taking_events(self, now: datetime.datetime | None = None) -> "EndpointQuerySet":
+        """Those of these endpoints that take new events: all but the run subscriptions that
+        ended or expired (fan-out's choice of endpoints, with `is_active`). Deliveries already
+        made to those still finish their retries: that is why this is not `is_active`."""
+        return self.filter(ended_at__isnull=True).exclude(expires_at__lte=now or timezone.now())
+
     def _switch(self, where: dict, changes: dict) -> list["Endpoint"]:
         """Apply `changes` to those of these endpoints that match `where`; return them, changed."""
         with transaction.atomic(savepoint=False):
@@ -172,6 +178,23 @@ def url_problem(kind: str, url: str) -> str | None:
     if kind == EndpointKind.PULL and url:
         return "a pull endpoint has no URL: its events are read from the feed"
     return None
+
+
+class Ordering(models.TextChoices):
+    NONE = "none", "none: deliveries go as soon as they can, concurrently"
+    RUN = "run", "run: a run's deliveries go one at a time, in sequence"
+
+
+class Payload(models.TextChoices):
+    FULL = payload_shape.FULL, "full: the whole event envelope"
+    THIN = payload_shape.THIN, "thin: the envelope with only ids in data, and a link to the whole event"
+
+
+class EndpointState(models.TextChoices):
+    ACTIVE = "active", "active: takes its events"
+    DISABLED = "disabled", "disabled: its deliveries are held until it is enabled"
+    ENDED = "ended", "ended: its run's last event was delivered (a run subscription)"
+    EXPIRED = "expired", "expired: its time to live passed (a run subscription)"
 
 
 class Endpoint(models.Model):
@@ -234,6 +257,44 @@ class Endpoint(models.Model):
         help_text='Only events whose envelope passes, e.g. {"path": "data.status", "in": ["failed"]}; '
         "empty for every event its types take.",
     )
+    # deliveries/ordering.py: with "run", the deliveries of one run's events go strictly in
+    # sequence, each after the one before it finished; different runs stay concurrent.
+    ordering = models.CharField(
+        max_length=4,
+        choices=Ordering.choices,
+        default=Ordering.NONE,
+        help_text='"run": the events of one run are delivered one at a time, in their order.',
+    )
+    # webhooks/payload_shape.py: what of each event is sent (and signed), checked by the API
+    # and the admin before it is stored. The event itself is always recorded whole.
+    payload = models.CharField(
+        max_length=4,
+        choices=Payload.choices,
+        default=Payload.FULL,
+        help_text='"thin": only the ids in data, and links.event to fetch the whole event with an API key.',
+    )
+    exclude_fields = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Dotted paths inside data never sent, e.g. ["content", "usage.total_tokens"]; empty: none.',
+    )
+    # A run subscription (webhooks/run_subscriptions.py, POST /api/v1/runs/<id>/subscriptions/):
+    # an endpoint that takes only its run's events, and no new one once the run's last event was
+    # delivered to it (`ended_at`) or after `expires_at`. Null `run`: an ordinary endpoint.
+    run = models.ForeignKey(
+        "agents_hooks.Run",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="subscriptions",
+        help_text="A run subscription's run: only its events are sent; empty for an ordinary endpoint.",
+    )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="A run subscription takes no new event after this (its TTL)."
+    )
+    ended_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the run's last event was delivered to this run subscription."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -244,6 +305,16 @@ class Endpoint(models.Model):
 
     def __str__(self) -> str:
         return self.url or f"pull endpoint {self.pk}"
+
+    @property
+    def state(self) -> str:
+        """An `EndpointState`. A run subscription that ended or expired says so even when it was
+        also disabled: it will take no new event either way."""
+        if self.ended_at is not None:
+            return EndpointState.ENDED
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return EndpointState.EXPIRED
+        return EndpointState.ACTIVE if self.is_active else EndpointState.DISABLED
 
     @property
     def secret(self) -> str:
@@ -302,7 +373,13 @@ class Endpoint(models.Model):
         case-insensitively, as HTTP does)."""
         return {k: v for k, v in (self.headers or {}).items() if k.lower() not in RESERVED_HEADERS}
 
-    def receives(self, event_type: str, agent_id: str | None, envelope: content_filter.Envelope | None = None) -> bool:
+    def receives(
+        self,
+        event_type: str,
+        agent_id: str | None,
+        envelope: content_filter.Envelope | None = None,
+        run_id: str | None = None,
+    ) -> bool:
         """Whether this endpoint's scope and filter take an event of this type from this agent
         (and, given the event's `envelope`, whether that passes its content filter).
 
@@ -312,7 +389,17 @@ class Endpoint(models.Model):
         the organization, not an agent: an endpoint scoped to one agent never gets them.
 
         Without `envelope` the content filter is not consulted: a search by event type, or an
-        oversize event whose data is gone (fan-out then records a failed delivery, never nothing)."""
+        oversize event whose data is gone (fan-out then records a failed delivery, never nothing).
+
+        A run subscription (`run_id` set) takes only events of its run (`run_id`: the event's;
+        None, outside runs), and always its run's last one (catalog.RUN_ENDED), whatever its
+        types and filter say: that delivery tells the receiver the run is over, and ends the
+        subscription (webhooks/run_subscriptions.py) when the run does rather than at its TTL."""
+        if self.run_id is not None:
+            if run_id != self.run_id:
+                return False
+            if event_type == catalog.RUN_ENDED:
+                return True
         if self.agent_id is not None and self.agent_id != agent_id:
             return False
         patterns = self.event_types or ()

@@ -1,7 +1,9 @@
 """API representation of endpoints ("webhooks" in the API) and their validation."""
 
+import datetime
 import re
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -9,8 +11,17 @@ from agents_hooks.models import Agent
 from agents_hooks.serializers import OrganizationObject, check_json_text, check_url
 from deliveries import policy, recovery
 
-from . import catalog, clientcert, content_filter, credentials, event_types
-from .models import RESERVED_HEADERS, Endpoint, EndpointKind, redact_headers, url_problem
+from . import catalog, clientcert, content_filter, credentials, event_types, payload_shape, run_subscriptions
+from .models import (
+    RESERVED_HEADERS,
+    Endpoint,
+    EndpointKind,
+    EndpointState,
+    Ordering,
+    Payload,
+    redact_headers,
+    url_problem,
+)
 
 
 @extend_schema_field(
@@ -65,6 +76,32 @@ def check_filter(value):
         raise serializers.ValidationError(str(exc)) from exc
     check_json_text(value)  # what PostgreSQL's jsonb cannot hold (after the depth is known bounded)
     return value
+
+
+PAYLOAD_HELP = (
+    "What each POST (and each event of a pull endpoint's feed) carries, signed as sent. full (the default): the "
+    "whole envelope, less `exclude_fields`. thin: the envelope with only the ids in `data` (`id` and `…_id` fields: "
+    '`step_id`, `message_id`, ...) and `"links": {"event": "/api/v1/events/<id>/"}`: GET it with your API key '
+    "for the whole event. The event is recorded whole either way."
+)
+EXCLUDE_FIELDS_HELP = (
+    "Fields of `data` never sent to this endpoint: dotted paths from inside `data` (`content`, "
+    "`usage.total_tokens`); one that reaches a list applies to each of its items. A path an event does not have is "
+    f"passed over (event types differ). At most {payload_shape.MAX_PATHS} paths of "
+    f"{payload_shape.MAX_PATH} characters; a bad one is a 400 naming it. [] (the default): nothing excluded."
+)
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "maxItems": payload_shape.MAX_PATHS,
+        "items": {"type": "string", "maxLength": payload_shape.MAX_PATH},
+        "example": ["content", "usage.total_tokens"],
+    }
+)
+class ExcludeFieldsField(serializers.ListField):
+    """Dotted paths inside `data`; validated by `payload_shape.check_exclude_fields`."""
 
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an RFC 9110 token
@@ -133,6 +170,24 @@ class EndpointSerializer(serializers.ModelSerializer):
         help_text="Mutual TLS: the certificate's private key, PEM, unencrypted. Write-only.",
     )
     filter = ContentFilterField(required=False, allow_null=True, help_text=FILTER_HELP)
+    run_id = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="A run subscription's run (POST /api/v1/runs/{id}/subscriptions/): it takes only that run's "
+        "events; null for an ordinary endpoint.",
+    )
+    state = serializers.ChoiceField(
+        choices=EndpointState.choices,
+        read_only=True,
+        help_text="active; disabled (deliveries held); for a run subscription, ended (its run's last event was "
+        "delivered) or expired (past expires_at): neither takes new events, deliveries made finish their retries.",
+    )
+    payload = serializers.ChoiceField(choices=Payload.choices, required=False, help_text=PAYLOAD_HELP)
+    exclude_fields = ExcludeFieldsField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        required=False,
+        help_text=EXCLUDE_FIELDS_HELP,
+    )
     has_client_certificate = serializers.BooleanField(read_only=True)
     client_certificate_subject = serializers.CharField(source="client_cert_subject", read_only=True)
     client_certificate_expires_at = serializers.DateTimeField(
@@ -143,11 +198,11 @@ class EndpointSerializer(serializers.ModelSerializer):
         model = Endpoint
         fields = [
             "id", "kind", "url", "agent", "description", "event_types", "is_active", "headers", "rate_limit",
-            "retry_schedule", "filter", "client_certificate", "client_key", "has_client_certificate",
+            "retry_schedule", "filter", "ordering", "client_certificate", "client_key", "has_client_certificate",
             "client_certificate_subject", "client_certificate_expires_at", "disabled_at", "disabled_reason",
-            "created_at", "updated_at",
+            "payload", "exclude_fields", "created_at", "updated_at", "run_id", "state", "expires_at", "ended_at",
         ]  # fmt: skip
-        read_only_fields = ["disabled_at", "disabled_reason"]
+        read_only_fields = ["disabled_at", "disabled_reason", "expires_at", "ended_at"]
 
     def validate(self, attrs):
         self._check_kind(attrs)
@@ -206,6 +261,12 @@ class EndpointSerializer(serializers.ModelSerializer):
     def validate_filter(self, value):
         return check_filter(value)
 
+    def validate_exclude_fields(self, value):
+        try:
+            return payload_shape.check_exclude_fields(value)
+        except payload_shape.ShapeError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
     def validate_headers(self, value):
         if len(value) > MAX_HEADERS:
             raise serializers.ValidationError(f"at most {MAX_HEADERS} custom headers")
@@ -252,6 +313,63 @@ class EndpointWithSecretSerializer(EndpointSerializer):
 
     class Meta(EndpointSerializer.Meta):
         fields = [*EndpointSerializer.Meta.fields, "secret"]
+
+
+class RunSubscriptionSerializer(EndpointSerializer):
+    """A run subscription: an endpoint that takes one run's events only, until the run's last
+    event (`agent.run.completed`) was delivered to it or its time to live passed. Its fields
+    are checked as any endpoint's (webhooks/run_subscriptions.py)."""
+
+    url = serializers.URLField(max_length=2048, help_text="Where the run's events are POSTed.")
+    ordering = serializers.ChoiceField(
+        choices=Ordering.choices,
+        default=run_subscriptions.DEFAULT_ORDERING,
+        help_text='"run" (the default here): the run\'s events are delivered one at a time, in their order; '
+        '"none": as soon as they can, concurrently.',
+    )
+    ttl_seconds = serializers.IntegerField(
+        write_only=True,
+        required=False,
+        min_value=run_subscriptions.MIN_TTL_SECONDS,
+        max_value=run_subscriptions.MAX_TTL_SECONDS,
+        help_text="Take no new event after this many seconds, if the run has not ended by then. Default: "
+        "WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS (24 h unless the operator changed it). Or give expires_at.",
+    )
+    expires_at = serializers.DateTimeField(
+        required=False,
+        help_text="When it takes no new event, if the run has not ended by then (instead of ttl_seconds); at most "
+        "30 days ahead.",
+    )
+
+    class Meta(EndpointSerializer.Meta):
+        fields = [
+            "id", "run_id", "url", "description", "event_types", "filter", "headers", "ordering", "ttl_seconds",
+            "expires_at", "state", "ended_at", "is_active", "disabled_at", "disabled_reason", "created_at",
+        ]  # fmt: skip
+        read_only_fields = ["is_active", "disabled_at", "disabled_reason", "ended_at"]
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        now = timezone.now()
+        ttl = attrs.pop("ttl_seconds", None)
+        if ttl is not None and "expires_at" in attrs:
+            raise serializers.ValidationError({"ttl_seconds": ["give ttl_seconds or expires_at, not both"]})
+        if "expires_at" in attrs:
+            if problem := run_subscriptions.ttl_problem(attrs["expires_at"], now):
+                raise serializers.ValidationError({"expires_at": [problem]})
+        else:
+            ttl = datetime.timedelta(seconds=ttl) if ttl is not None else run_subscriptions.default_ttl()
+            attrs["expires_at"] = now + ttl
+        return attrs
+
+
+class RunSubscriptionWithSecretSerializer(RunSubscriptionSerializer):
+    """What creating one answers: the only time, with rotation, that its secret is shown."""
+
+    secret = serializers.CharField(read_only=True)
+
+    class Meta(RunSubscriptionSerializer.Meta):
+        fields = [*RunSubscriptionSerializer.Meta.fields, "secret"]
 
 
 class TestFilterSerializer(serializers.Serializer):

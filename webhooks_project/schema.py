@@ -13,7 +13,8 @@ API_PREFIX = "/api/v1/"
 RESOURCES = {
     "agents": "Your agents. Attaching or detaching a tool publishes `agent.tool.attached` / `.detached`.",
     "tools": "The tools your agents can call.",
-    "runs": "Runs of an agent. An ended status publishes `agent.run.completed`. History: never deleted.",
+    "runs": "Runs of an agent. An ended status publishes `agent.run.completed`. History: never deleted. "
+    "A run's subscriptions take that run's events only, until it ends.",
     "jobs": "Jobs of an agent. An ended status publishes `agent.job.completed`. History: never deleted.",
     "steps": "Steps of an agent's runs. Setting a final status publishes `agent.step.completed`, "
     "`.failed` or `.cancelled`. History: never deleted.",
@@ -28,6 +29,7 @@ RESOURCES = {
     "event-types": "The event types an endpoint can subscribe to: the built-in ones, with an example of each `data`, "
     "and those your organization registers (with an optional JSON Schema) to publish its own events.",
     "stats": "Delivery statistics of the whole service (staff only).",
+    "organizations": "Organizations, for staff users: erase an organization's payloads (see also an agent's `erase`).",
 }
 SINGULAR = {
     "agents": "agent", "tools": "tool", "runs": "run", "jobs": "job", "steps": "step",

@@ -216,6 +216,9 @@ SPECTACULAR_SETTINGS = {
         "StepStatusEnum": "agents_hooks.models.StepStatus",
         "ToolExecutionStatusEnum": "agents_hooks.models.ToolExecutionStatus",
         "DeliveryStatusEnum": "deliveries.models.DeliveryStatus",
+        "EndpointStateEnum": "webhooks.models.EndpointState",
+        "ReplayStateEnum": "deliveries.models.ReplayState",
+        "PayloadRemovedEnum": "deliveries.models.PayloadRemoved",
     },
 }
 # Largest request body the API accepts (413 above it).
@@ -325,6 +328,10 @@ WEBHOOK_FAILING_AFTER_FAILURES = env_positive("WEBHOOK_FAILING_AFTER_FAILURES", 
 WEBHOOK_FAILING_WINDOW = env_positive("WEBHOOK_FAILING_WINDOW", "float", 3600.0, minimum=1)
 # Attempt rows older than this many days are purged daily; 0 keeps them forever.
 WEBHOOK_ATTEMPT_RETENTION_DAYS = env_positive("WEBHOOK_ATTEMPT_RETENTION_DAYS", "int", 30)
+# Event and delivery payloads and response excerpts older than this many days are removed
+# hourly (the rows stay, as tombstones: deliveries/retention.py); an organization may set a
+# shorter period (Organization.payload_retention_days); 0 keeps them forever.
+WEBHOOK_PAYLOAD_RETENTION_DAYS = env_positive("WEBHOOK_PAYLOAD_RETENTION_DAYS", "int", 30)
 # Health (webhooks_project/probes.py: GET /health/ready, `manage.py health`). Each worker
 # process's due loop, and beat, write a heartbeat row at most every HEARTBEAT_INTERVAL seconds;
 # ready wants a worker's and beat's at most READY_HEARTBEAT_MAX_AGE old, the oldest due delivery
@@ -353,6 +360,14 @@ if not DEBUG and not WEBHOOK_ENCRYPTION_KEYS:
     raise ImproperlyConfigured("WEBHOOK_ENCRYPTION_KEYS: required when DJANGO_DEBUG is false")
 # A rotated-out endpoint secret keeps signing (as a second signature) this many hours.
 WEBHOOK_SECRET_ROTATION_GRACE_HOURS = env_positive("WEBHOOK_SECRET_ROTATION_GRACE_HOURS", "float", 24.0)
+# A run subscription (POST /api/v1/runs/<id>/subscriptions/) given no `ttl_seconds` nor
+# `expires_at` takes new events this many hours at most, if its run's last event never comes.
+# At most 720 (30 days), the longest a request may ask for (webhooks/run_subscriptions.py).
+WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS = env_positive("WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS", "float", 24.0)
+if not 0 < WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS <= 720:
+    raise ImproperlyConfigured(
+        f"WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS: must be over 0 and at most 720, got {WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS}"
+    )
 
 # SSRF guard (webhooks/urlsafety.py): endpoint URLs whose host resolves to a loopback,
 # private, link-local, carrier-grade NAT, multicast, reserved... address are refused, when
@@ -492,4 +507,5 @@ CELERY_BEAT_SCHEDULER = "webhooks_project.beat:HeartbeatScheduler"
 CELERY_BEAT_SCHEDULE = {
     "purge-old-attempts": {"task": "deliveries.tasks.purge_attempts", "schedule": 3600.0},
     "purge-idempotency-keys": {"task": "deliveries.tasks.purge_idempotency_keys", "schedule": 3600.0},
+    "expire-payloads": {"task": "deliveries.tasks.expire_payloads", "schedule": 3600.0},
 }

@@ -71,6 +71,12 @@ urlpatterns = [
     path("api/v1/event-types/", webhooks_api.EventTypesView.as_view(), name="event-types"),
     path("api/v1/event-types/<str:name>/", webhooks_api.EventTypeView.as_view(), name="event-type"),
     path("api/v1/stats/", deliveries_api.StatsView.as_view(), name="stats"),
+    path("api/v1/organizations/<str:pk>/erase/", deliveries_api.OrganizationEraseView.as_view(), name="org-erase"),
+    path(
+        "api/v1/runs/<str:run_id>/subscriptions/",
+        webhooks_api.RunSubscriptionsView.as_view(),
+        name="run-subscriptions",
+    ),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

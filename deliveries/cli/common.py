@@ -197,6 +197,8 @@ def target(d: Delivery) -> str:
 def next_attempt(d: Delivery) -> str:
     if d.status != "pending":
         return "-"
+    if d.waiting:
+        return "waiting for its turn (ordered run)"
     return when(d.next_attempt_at) if d.next_attempt_at else "held (endpoint disabled)"
 
 

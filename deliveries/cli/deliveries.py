@@ -148,11 +148,14 @@ def show(console: Console, *, delivery: str, organization=None, **_) -> None:
             ("status", d.status),
             ("attempts", d.attempt_count),
             ("next attempt", common.next_attempt(d)),
+            ("run order", f"event {d.sequence} of {d.run_id}" if d.run_id else None),
+            ("skipped", ", ".join(d.skipped_event_ids or []) or None),  # earlier events of its run not delivered
             ("last attempt", d.last_attempt_at),
             ("last outcome", common.last_outcome(d)),
             ("last error", d.last_error),
             ("created", d.created_at),
             ("finished", d.finished_at),
+            ("payload", d.event.payload_gone or None),
         ]
     )
     console.print()
@@ -164,12 +167,20 @@ def show(console: Console, *, delivery: str, organization=None, **_) -> None:
                 a.started_at,
                 f"HTTP {a.status_code}" if a.status_code is not None else "no answer",
                 a.duration_ms,
-                common.clip(a.response_body if a.status_code is not None else a.error, 80),
+                common.clip(_answer(a, d), 80),
             ]
             for a in attempts
         ],
         empty="no attempts yet",
     )
+
+
+def _answer(attempt, delivery) -> str:
+    """An attempt's response excerpt (or error), never once its event's payload is gone (an
+    attempt recorded after an erasure may still hold one until retention's `settle`)."""
+    if attempt.status_code is None:
+        return attempt.error
+    return delivery.event.payload_gone or attempt.response_body
 
 
 def retry(console: Console, *, deliveries: list[str], force: bool = False, organization=None, **_) -> None:

@@ -134,10 +134,13 @@ def show(console: Console, *, event: str, organization=None, **_) -> None:
         ]
     )
     console.print("payload:")
-    try:
-        payload = json.dumps(json.loads(e.body), indent=2, ensure_ascii=False)
-    except ValueError:
-        payload = e.body
+    if e.payload_removed:  # expired or erased: the tombstone says which, never the content
+        payload = e.payload_gone
+    else:
+        try:
+            payload = json.dumps(json.loads(e.body), indent=2, ensure_ascii=False)
+        except ValueError:
+            payload = e.body
     console.print(payload)
     console.print()
     console.table(

@@ -5,6 +5,7 @@
     webhooks events list | show | tail
     webhooks stats
     webhooks listen --forward-to URL    (a pull endpoint's feed, POSTed to a local URL)
+    webhooks payloads erase | expire | removals
 
 Across organizations unless `--organization` narrows it; tables for people, `--json` for
 scripts. Exit status: 0 done, 1 refused or failed, 2 bad arguments; errors are one line on
@@ -14,7 +15,7 @@ stderr (`--traceback` for the whole story).
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from deliveries.cli import deliveries, endpoints, events, listen, stats
+from deliveries.cli import deliveries, endpoints, events, listen, payloads, stats
 from deliveries.cli.common import BAD_ARGUMENTS, FAILED, CLIError, Console
 
 EPILOG = (
@@ -44,7 +45,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         groups = parser.add_subparsers(dest="group", required=True, metavar="GROUP", parser_class=Parser)
-        for group in (endpoints, deliveries, events, stats, listen):
+        for group in (endpoints, deliveries, events, stats, listen, payloads):
             group.register(groups)
 
     def handle(self, *args, func, as_json: bool = False, **options):
