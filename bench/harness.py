@@ -77,6 +77,7 @@ def receiver(
     port: int | None = None,
     slow: dict | None = None,
     python: str | None = None,
+    slow_bodies: dict | None = None,
     max_seconds: float = 3600,
     log: Path | None = None,
 ):
@@ -96,6 +97,8 @@ def receiver(
     ]
     for path, seconds in (slow or {}).items():
         cmd += ["--slow", f"{path}={seconds}"]
+    for text, seconds in (slow_bodies or {}).items():
+        cmd += ["--slow-body", f"{text}={seconds}"]
     out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -3,6 +3,9 @@
     python bench/ours.py throughput -n 2000 --endpoints 10     # 20,000 deliveries
     python bench/ours.py throughput -n 2000 --workers 1        # scale: one worker process
     python bench/ours.py throughput -n 500 --endpoints 100 --filters   # every endpoint with a content filter
+    python bench/ours.py throughput -n 20000 --endpoints 10 --ordered --runs 1000   # ordering "run", 1,000 runs
+    python bench/ours.py throughput -n 20000 --ordered --runs 1000 --slow-run 0.5   # one run's answers take 0.5 s
+    python bench/ours.py throughput -n 2000 --endpoints 10 --shape exclude   # every endpoint redacting fields
     python bench/ours.py throughput -n 2000 --broker amqp://guest:guest@127.0.0.1:5672//
     python bench/ours.py overhead --saves 2000 --endpoints 10
     python bench/ours.py latency --rate 200 --seconds 10
@@ -190,17 +193,29 @@ BENCH_FILTER = {
     ]
 }
 
+# --shape: per-endpoint payload shapes. `exclude` removes fields every step has (a receiver that
+# must not see usage or errors), so each body is parsed, cut and serialised again.
+BENCH_SHAPES = {
+    "full": None,
+    "exclude": {"exclude_fields": ["usage", "error"]},
+    "thin": {"payload": "thin"},
+}
 
-def make_org(endpoints: int, port: int, secret: str, extra_urls: tuple[str, ...] = (), filter: dict | None = None):
+
+def make_org(
+    endpoints: int, port: int, secret: str, extra_urls: tuple[str, ...] = (), filter: dict | None = None,
+    shape: dict | None = None,
+):  # fmt: skip
     """An organization with one agent and `endpoints` endpoints on the receiver at `port`,
     plus one endpoint per URL in `extra_urls` (another receiver); every one takes every event
-    (with `filter`, each through that content filter, which every step passes)."""
+    (with `filter`, each through that content filter, which every step passes; with `shape`,
+    each with those payload fields: BENCH_SHAPES)."""
     from agents_hooks.models import Agent, Organization
 
     org = Organization.objects.create(name="bench")
     agent = Agent.objects.create(organization=org, name="bench")
     urls = [f"http://127.0.0.1:{port}/ep{i}" for i in range(endpoints)] + list(extra_urls)
-    add_endpoints(org, urls, secret, filter=filter)
+    add_endpoints(org, urls, secret, filter=filter, shape=shape)
     return agent
 
 
@@ -218,12 +233,15 @@ def make_scoped_org(endpoints: int, port: int, secret: str, shared_url: str) -> 
     return agents
 
 
-def add_endpoints(org, urls: list[str], secret: str, agents: list | None = None, filter: dict | None = None) -> None:
+def add_endpoints(
+    org, urls: list[str], secret: str, agents: list | None = None, filter: dict | None = None,
+    shape: dict | None = None,
+) -> None:  # fmt: skip
     from webhooks.models import Endpoint
 
     eps = []
     for i, url in enumerate(urls):
-        ep = Endpoint(organization=org, url=url, agent=agents[i] if agents else None)
+        ep = Endpoint(organization=org, url=url, agent=agents[i] if agents else None, **(shape or {}))
         if filter is not None:
             ep.filter = filter
         ep.secret = secret
@@ -231,16 +249,21 @@ def add_endpoints(org, urls: list[str], secret: str, agents: list | None = None,
     Endpoint.objects.bulk_create(eps)
 
 
-def new_steps(agents: list, n: int) -> list:
-    """`n` pending steps, spread round robin over `agents` (in that order when completed)."""
+def new_steps(agents: list, n: int, runs: list | None = None) -> list:
+    """`n` pending steps, spread round robin over `agents` (in that order when completed), and
+    over `runs` if given."""
     from agents_hooks.models import Step
 
-    return Step.objects.bulk_create([Step(agent=agents[i % len(agents)]) for i in range(n)])
+    return Step.objects.bulk_create(
+        [Step(agent=agents[i % len(agents)], run=runs[i % len(runs)] if runs else None) for i in range(n)]
+    )
 
 
-def complete_steps(agent, n: int, rate: float | None = None, deadline: float = 300) -> list[float]:
+def complete_steps(
+    agent, n: int, rate: float | None = None, deadline: float = 300, runs: list | None = None
+) -> list[float]:
     """Finish `n` steps (one transaction each, as an agent would); return each save's seconds."""
-    return save_steps(new_steps([agent], n), rate, deadline)
+    return save_steps(new_steps([agent], n, runs), rate, deadline)
 
 
 def save_steps(steps: list, rate: float | None = None, deadline: float = 300) -> list[float]:
@@ -262,14 +285,14 @@ def save_steps(steps: list, rate: float | None = None, deadline: float = 300) ->
     return durations
 
 
-def complete_steps_concurrently(agent, n: int, agents: int) -> None:
+def complete_steps_concurrently(agent, n: int, agents: int, runs: list | None = None) -> None:
     """`agents` threads finishing n steps between them, as several agent processes would (each
     thread has its own database connection; the saves mostly wait on PostgreSQL)."""
     from django.db import connection
 
     def one(count: int) -> None:
         try:
-            complete_steps(agent, count)
+            complete_steps(agent, count, runs=runs)
         finally:
             connection.close()
 
@@ -280,6 +303,34 @@ def complete_steps_concurrently(agent, n: int, agents: int) -> None:
         t.join()
 
 
+def make_runs(agent, count: int, first_id: str | None = None) -> list:
+    """`count` runs of `agent`, the first with id `first_id` if given (the slow one)."""
+    from agents_hooks.models import Run
+
+    runs = [Run(agent=agent) for _ in range(count)]
+    if first_id:
+        runs[0].id = first_id
+    return Run.objects.bulk_create(runs)
+
+
+def split_slow_run(port: int, slow_run: str, t0: float) -> tuple[int, float, dict]:
+    """The other runs' deliveries and their last arrival, and the slow run's figures, from the
+    receiver's records (each names its event, whose run the database knows)."""
+    from deliveries.models import Event
+
+    slow_ids = set(Event.objects.filter(run_id=slow_run).values_list("id", flat=True))
+    arrivals = harness.records(port)
+    others = [r[0] for r in arrivals if r[2] not in slow_ids]
+    slow = [r[0] for r in arrivals if r[2] in slow_ids]
+    figures = {
+        "slow_run_deliveries": len(slow),
+        "other_runs_deliveries": len(others),
+        "slow_run_seconds": round(max(slow) - t0, 2) if slow else None,
+        "other_runs_seconds": round(max(others) - t0, 2) if others else None,
+    }
+    return len(others), max(others, default=time.time()), figures
+
+
 def wait_delivered(port: int, n: int, timeout: float) -> dict:
     return harness.wait_for_requests(port, n, timeout, interval=0.05)
 
@@ -287,19 +338,29 @@ def wait_delivered(port: int, n: int, timeout: float) -> dict:
 def throughput(args) -> dict:
     """N events x E endpoints; deliveries/s until the last arrival, every one verified by the
     receiver and logged. `live`: saved while the worker runs, timed from the first save.
-    `drain`: saved first, then the worker started, timed from its first to last delivery."""
+    `drain`: saved first, then the worker started, timed from its first to last delivery.
+
+    `--ordered`: the endpoints deliver runs in order (deliveries/ordering.py), the steps spread
+    round robin over `--runs` runs. `--slow-run S`: the receiver answers the first run's events
+    after S seconds; the rate is then the other runs' (until their last arrival), and the slow
+    run's own finish is reported beside it: what one slow run costs the others."""
     from deliveries.models import Attempt, Delivery
 
     secret = harness.new_standard_secret()
     total = args.n * args.endpoints
-    with harness.receiver({"*": secret}) as port:
+    slow_run = f"run-slow-{os.getpid()}" if args.slow_run else None
+    with harness.receiver({"*": secret}, slow_bodies={slow_run: args.slow_run} if slow_run else None) as port:
         reset_data()
-        agent = make_org(args.endpoints, port, secret, filter=BENCH_FILTER if args.filters else None)
+        fields = {**(BENCH_SHAPES[args.shape] or {}), **({"ordering": "run"} if args.ordered else {})}
+        agent = make_org(
+            args.endpoints, port, secret, filter=BENCH_FILTER if args.filters else None, shape=fields or None
+        )
+        runs = make_runs(agent, args.runs, slow_run) if args.runs else None
         worker = Worker(args.workers, extra_env=args.worker_env) if args.mode == "live" else None
         cpu0 = worker.cpu_seconds() if worker else 0.0
         try:
             t0 = time.time()
-            complete_steps_concurrently(agent, args.n, args.agents)
+            complete_steps_concurrently(agent, args.n, args.agents, runs)
             saved = time.time()
             if worker is None:
                 from deliveries import enqueue
@@ -315,9 +376,16 @@ def throughput(args) -> dict:
         publish_seconds = saved - t0
         if args.mode == "drain":
             t0 = stats["first"] or t0
+        received, slow = stats["requests"], {}
+        if slow_run:
+            received, done, slow = split_slow_run(port, slow_run, t0)
         return {
             "scenario": f"throughput-{args.mode}",
+            "ordered": args.ordered,
+            "runs": args.runs,
+            **slow,
             "filters": args.filters,
+            "shape": args.shape,
             "workers": args.workers,
             "broker": ENV["CELERY_BROKER_URL"].split("://", 1)[0],
             "deliveries": total,
@@ -327,7 +395,7 @@ def throughput(args) -> dict:
             "succeeded_rows": Delivery.objects.filter(status="succeeded").count(),
             "attempt_rows": Attempt.objects.count(),
             "publish_seconds": round(publish_seconds, 2),
-            "deliveries_per_s": round(stats["requests"] / (done - t0), 1),
+            "deliveries_per_s": round(received / (done - t0), 1),
             "worker_rss_mb": rss,
             "worker_cpu_ms_per_delivery": round(cpu * 1000 / max(1, stats["requests"]), 3),
         }
@@ -902,7 +970,18 @@ def main() -> None:
         "--filters", action="store_true",
         help="throughput: every endpoint has a content filter (BENCH_FILTER) that every step passes",
     )  # fmt: skip
+    parser.add_argument(
+        "--shape", choices=list(BENCH_SHAPES), default="full",
+        help="throughput: every endpoint's payload shape (webhooks/payload_shape.py): the whole envelope (full), "
+        "fields of data excluded (exclude), or ids only (thin); each body then cut from the envelope and signed",
+    )  # fmt: skip
     parser.add_argument("--agents", type=int, default=4, help="concurrent publishing threads (throughput, backlog)")
+    parser.add_argument("--ordered", action="store_true", help='throughput: every endpoint has ordering "run"')
+    parser.add_argument("--runs", type=int, default=0, help="throughput: spread the steps over this many runs")
+    parser.add_argument(
+        "--slow-run", type=float, default=0.0, metavar="SECONDS",
+        help="throughput with --runs: the receiver answers the first run's events after SECONDS",
+    )  # fmt: skip
     parser.add_argument(
         "--vacuum-every", type=float, default=20.0,
         help="seconds between VACUUM (ANALYZE) runs standing in for autovacuum, which is off here (outage)",

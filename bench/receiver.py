@@ -1,6 +1,7 @@
 """A lean HTTP/1.1 keep-alive webhook receiver for benchmarks (stdlib asyncio, uvloop if present).
 
     python bench/receiver.py --port 9100 --secrets-file secrets.json [--slow /slow=2.5] [--max-seconds 3600]
+        [--slow-body run-123=0.5]   # answers to bodies containing "run-123" after 0.5 s (one slow run)
 
 Every POST is answered `200` (empty body) after its signature is checked; the result is only
 counted, never refused, so a bad signature cannot change the sender's behaviour mid-run. A
@@ -98,9 +99,10 @@ class Verifier:
 
 
 class Receiver:
-    def __init__(self, verifier: Verifier, slow: dict[str, float]):
+    def __init__(self, verifier: Verifier, slow: dict[str, float], slow_bodies: dict[bytes, float] | None = None):
         self.verifier = verifier
         self.slow = slow
+        self.slow_bodies = slow_bodies or {}
         self.loop_name = ""
         self.reset()
 
@@ -152,6 +154,9 @@ class Receiver:
                     self._count(arrived, path, msg_id, ok, status)
                     if path in self.slow:
                         await asyncio.sleep(self.slow[path])
+                    for needle, seconds in self.slow_bodies.items():
+                        if needle in body:
+                            await asyncio.sleep(seconds)
                     writer.write(OK if status == 200 else FAILED.format(status).encode())
                 else:
                     writer.write(self._control(method, target, body))
@@ -225,7 +230,8 @@ def write_records(receiver: Receiver, path: str) -> None:
 async def serve(args) -> Receiver:
     secrets = json.load(open(args.secrets_file)) if args.secrets_file else {}
     slow = {p: float(s) for p, _, s in (item.partition("=") for item in args.slow)}
-    receiver = Receiver(Verifier(secrets), slow)
+    slow_bodies = {n.encode(): float(s) for n, _, s in (item.rpartition("=") for item in args.slow_body)}
+    receiver = Receiver(Verifier(secrets), slow, slow_bodies)
     server = await asyncio.start_server(receiver.handle, args.host, args.port, backlog=1024, limit=MAX_HEAD)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -247,6 +253,9 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--secrets-file", help="JSON: path -> secret (see module doc)")
     parser.add_argument("--slow", action="append", default=[], metavar="PATH=SECONDS", help="delay answers on PATH")
+    parser.add_argument(
+        "--slow-body", action="append", default=[], metavar="TEXT=SECONDS", help="delay answers to bodies with TEXT"
+    )
     parser.add_argument("--max-seconds", type=float, default=7200.0, help="exit by itself after this long")
     parser.add_argument("--records-file", help="write records as CSV here on exit")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
