@@ -42,9 +42,14 @@ def test_rate_limit_spreads_deliveries_across_seconds_and_workers(live, agent, m
     assert sorted(r.headers["webhook-id"] for r in received) == sorted(
         Delivery.objects.filter(endpoint=limited).values_list("event_id", flat=True)
     )  # each exactly once
-    busiest = max(per_second(received).values())
-    assert busiest <= 3, per_second(received)
-    assert len(per_second(received)) >= 4  # 12 at 3 a second
+    # The limit is on when POSTs are sent (each attempt's start, the worker's clock): their
+    # arrival can slip into the next second on a loaded machine.
+    started = Counter(
+        int(t.timestamp())
+        for t in Attempt.objects.filter(delivery__endpoint=limited).values_list("started_at", flat=True)
+    )
+    assert max(started.values()) <= 3, started
+    assert len(started) >= 4 and len(per_second(received)) >= 4  # 12 at 3 a second
     assert max(per_second(live.received("/free")).values()) > 3  # the other endpoint is not held back
     # Waiting for a slot is not an attempt.
     assert set(Attempt.objects.filter(delivery__endpoint=limited).values_list("number", flat=True)) == {1}
