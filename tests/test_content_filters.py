@@ -7,6 +7,7 @@ passes and, if not, which part failed and why; fan-out filters without a query p
 import json
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -30,7 +31,7 @@ def step_event(org, agent, status="success", tokens=42, error=None) -> Event:
 
 
 def change_url(pk) -> str:
-    return reverse("admin:webhooks_endpoint_change", args=[pk])
+    return reverse("admin:webhooks_endpoint_change", args=[quote(pk)])  # ids hold "_", the admin's escape
 
 
 # --- delivery -------------------------------------------------------------------------------

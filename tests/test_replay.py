@@ -380,7 +380,7 @@ def test_the_admin_starts_a_replay_and_shows_its_progress(admin_client, org, qui
     endpoint = Endpoint.objects.create(organization=org, url="https://hooks.example.com/in")
     now = timezone.now()
     Event.objects.create(type="agent.step.completed", organization=org, body="{}", created_at=now, fanned_out_at=now)
-    change = admin_client.get(reverse("admin:webhooks_endpoint_change", args=[endpoint.pk])).content.decode()
+    change = admin_client.get(reverse("admin:webhooks_endpoint_change", args=[quote(endpoint.pk)])).content.decode()
     page_url = reverse("admin:webhooks_endpoint_replay", args=[quote(endpoint.pk)])
     assert f'href="{page_url}">Replay events</a>' in change
 

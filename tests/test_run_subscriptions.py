@@ -13,6 +13,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from unittest import mock
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.db import connections
 from django.urls import reverse
 from django.utils import timezone
@@ -215,7 +216,7 @@ def test_the_admin_and_the_cli_show_run_subscriptions_with_their_state(admin_cli
     page = admin_client.get(reverse("admin:webhooks_endpoint_changelist") + "?scope=run").content.decode()
     assert created["id"] in page and ended["id"] in page and "all-events" not in page
     assert run.pk in page and "ended" in page
-    change = admin_client.get(reverse("admin:webhooks_endpoint_change", args=[created["id"]])).content.decode()
+    change = admin_client.get(reverse("admin:webhooks_endpoint_change", args=[quote(created["id"])])).content.decode()
     assert "Run subscription" in change and run.pk in change and "active (expires" in change
 
     out, err = io.StringIO(), io.StringIO()
