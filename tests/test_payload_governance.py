@@ -10,6 +10,9 @@ or "erased" instead of the content.
 import datetime
 import io
 import json
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -24,7 +27,7 @@ from deliveries import retention, store
 from deliveries.events import publish
 from deliveries.models import Attempt, Delivery, Event, PayloadRemoval
 from deliveries.recovery import resume_endpoint
-from tests.support import logged_delivery, wait_until, wait_until_settled
+from tests.support import ROOT, logged_delivery, wait_until, wait_until_settled
 from webhooks.models import Endpoint
 
 SECRET = "the private words of a user"
@@ -306,3 +309,13 @@ def test_the_purge_benchmark_runs(db):
     assert not Event.objects.filter(payload_removed="").exists()
     assert not Attempt.objects.exclude(response_body="").exists()
     assert not Delivery.objects.filter(body__isnull=False).exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "a month"])
+def test_a_bad_retention_setting_stops_start_up_naming_it(value):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "webhooks_project.settings", "WEBHOOK_PAYLOAD_RETENTION_DAYS": value}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "WEBHOOK_PAYLOAD_RETENTION_DAYS" in result.stderr.splitlines()[-1], result.stderr[-500:]
