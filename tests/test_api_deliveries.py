@@ -5,6 +5,7 @@ endpoint, an agent and a step made through the API, the step completed, the deli
 import datetime
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -338,10 +339,11 @@ def test_retry_pending_of_many_works_in_chunks_and_the_due_loop_sends_the_rest(l
     monkeypatch.setattr(recovery, "CHUNK", 7)
     monkeypatch.setattr(recovery, "SUBMIT_AT_ONCE", 5)
     endpoint = Endpoint.objects.create(organization=org, url=live.url("/many"), retry_schedule=[3600])
-    waiting = [logged(endpoint, "pending", codes=(503,)) for _ in range(20)]
-    Delivery.objects.filter(pk__in=[d.pk for d in waiting]).update(
-        next_attempt_at=timezone.now() + datetime.timedelta(hours=1)
-    )
+    with transaction.atomic():  # the suite's worker never sees them due before they wait an hour
+        waiting = [logged(endpoint, "pending", codes=(503,)) for _ in range(20)]
+        Delivery.objects.filter(pk__in=[d.pk for d in waiting]).update(
+            next_attempt_at=timezone.now() + datetime.timedelta(hours=1)
+        )
     response = api.post(f"/api/v1/webhooks/{endpoint.pk}/retry-pending/")
     assert response.json() == {"retried": 20}
     live.wait_for(20, path="/many", timeout=20)
