@@ -5,10 +5,14 @@ caller: a Step saved as success here sends `agent.step.completed`, a tool added 
 inline sends `agent.tool.attached`.
 """
 
+from urllib.parse import urlencode
+
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
 
 from deliveries.admin import DeletesItsLog, ErasesPayloads
@@ -84,6 +88,32 @@ class RunAdmin(CallbackAdmin):
     list_select_related = ["agent"]
     search_fields = ["=id", "agent__name", "=agent__id"]
     raw_id_fields = ["agent"]
+    readonly_fields = [*CallbackAdmin.readonly_fields, "subscriptions"]
+
+    @admin.display(description="run subscriptions")
+    def subscriptions(self, obj) -> str:
+        """The run's subscriptions (webhooks/run_subscriptions.py) with their state, and a link
+        that opens a new one's form with this run chosen."""
+        if obj.pk is None:
+            return "—"
+        rows = format_html_join(
+            "",
+            '<div><a href="{}">{}</a> {}: {}</div>',
+            (
+                (reverse("admin:webhooks_endpoint_change", args=[quote(sub.pk)]), sub.pk, sub.url, sub.state)
+                for sub in obj.subscriptions.order_by("created_at", "pk")
+            ),
+        )
+        if obj.status in Run.TERMINAL:
+            more = format_html(
+                '<span class="quiet">The run ended ({}): it takes no new subscription.</span>', obj.status
+            )
+        else:
+            query = urlencode({"organization": obj.agent.organization_id, "run": obj.pk, "ordering": "run"})
+            more = format_html(
+                '<a href="{}?{}">Subscribe a URL to this run</a>', reverse("admin:webhooks_endpoint_add"), query
+            )
+        return format_html("{}<div>{}</div>", rows, more) if rows else more
 
 
 @admin.register(Job)

@@ -169,6 +169,9 @@ class CallbackFields(TracksStatus):
     class Meta:
         abstract = True
 
+    def __str__(self) -> str:
+        return f"{self.pk} ({self.status})"  # the id names the kind: run-…, job-…
+
 
 class Run(CallbackFields):
     id = _id_field("run")

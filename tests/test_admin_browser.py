@@ -390,3 +390,44 @@ def test_an_operator_replays_a_run_to_a_new_ordered_endpoint(
     assert "waiting for its turn" in content and f"event 2 of run {run.pk}" in content
     save_page(browser, screenshots / "delivery-waiting.png")
     assert len(live.received("/late")) == 1
+
+
+def test_an_operator_subscribes_a_url_to_one_run_from_its_page(
+    live, live_server, browser, screenshots, django_user_model, agent
+):
+    """From a run's page, "Subscribe a URL to this run" opens the endpoint form with the run
+    chosen and in order; saved with a URL, the run's next step reaches that URL, and the run's
+    page lists the subscription."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from agents_hooks.models import Run, Step
+
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    run, other = Run.objects.create(agent=agent), Run.objects.create(agent=agent)
+    wait = WebDriverWait(browser, 20)
+
+    log_in(browser, live_server, f"/admin/agents_hooks/run/{run.pk}/change/")
+    wait.until(ec.element_to_be_clickable((By.LINK_TEXT, "Subscribe a URL to this run"))).click()
+    url = wait.until(ec.presence_of_element_located((By.NAME, "url")))
+    url.send_keys(live.url("/one-run"))
+    save_page(browser, screenshots / "run-subscription-add.png")
+    browser.find_element(By.NAME, "_save").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".messagelist")))
+    subscription = Endpoint.objects.get(run=run)
+    assert subscription.ordering == "run" and subscription.agent_id == agent.pk
+
+    for of_run in (other, run):
+        step = Step.objects.create(agent=agent, run=of_run)
+        step.status = "success"
+        step.save()
+    live.wait_for(1, "/one-run")
+    wait_until(lambda: not Event.objects.filter(fanned_out_at__isnull=True).exists(), message="both fanned out")
+    (received,) = live.received("/one-run")
+    assert json.loads(received.body)["run_id"] == run.pk  # that run's step only
+
+    browser.get(f"{live_server.url}/admin/agents_hooks/run/{run.pk}/change/")
+    content = wait.until(ec.presence_of_element_located((By.ID, "content"))).text
+    assert subscription.pk in content and "active" in content
+    save_page(browser, screenshots / "run-subscriptions.png")

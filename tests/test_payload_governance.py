@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import types
 
 import pytest
@@ -98,6 +99,39 @@ def test_retention_removes_old_payloads_and_keeps_the_log(org, agent, make_endpo
     (record,) = PayloadRemoval.objects.all()
     assert (record.kind, record.events, record.deliveries_failed, record.requested_by) == ("expired", 2, 1, "retention")
     assert retention.expire() == 0
+
+
+def test_a_retention_pass_and_an_erasure_at_once_remove_each_payload_once(
+    transactional_db, org, agent, make_endpoint, monkeypatch
+):
+    """Both over the same 60 events, in pages of 7 taken in different orders (by time, by id),
+    on two connections: neither fails (each page's UPDATEs lock rows in the same order, so they
+    queue rather than deadlock), and each event is counted by exactly one of them."""
+    monkeypatch.setattr(retention, "BATCH", 7)
+    endpoint = make_endpoint()
+    for _ in range(60):
+        answered(endpoint, age=OLD, agent=agent)
+    results, problems = {}, []
+
+    def run(name, remove):
+        try:
+            results[name] = remove()
+        except Exception as exc:  # pragma: no cover - reported below
+            problems.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=run, args=("expired", retention.expire)),
+        threading.Thread(target=run, args=("erased", lambda: retention.erase(requested_by="t", agent=agent).events)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not problems, problems
+    assert results["expired"] + results["erased"] == 60, results
+    assert not Event.objects.filter(payload_removed="").exists() and SECRET not in everything_stored()
 
 
 def test_an_organization_may_keep_payloads_for_less_never_for_more(org, make_endpoint, settings):

@@ -4,9 +4,11 @@ run's last event (`agent.run.completed`) was delivered to it, or when its TTL pa
 `GET` on the same URL lists the run's subscriptions with their state."""
 
 import datetime
+import html
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -226,6 +228,79 @@ def test_the_admin_and_the_cli_show_run_subscriptions_with_their_state(admin_cli
     assert len(lines) == 3, out.getvalue()  # the header and its two
     assert any(created["id"] in line and "active" in line and f"run {run.pk}" in line for line in lines)
     assert any(ended["id"] in line and "ended" in line for line in lines)
+
+
+def admin_form(run, **fields) -> dict:
+    """The endpoint add page as a browser posts it, with `run` chosen."""
+    return {
+        "organization": run.agent.organization_id, "kind": "push", "url": HOOK, "agent": "", "description": "",
+        "event_types": "", "headers": "", "rate_limit": "", "retry_schedule": "", "ordering": "run",
+        "payload": "full", "is_active": "on", "run": run.pk, "expires_at_0": "", "expires_at_1": "",
+    } | fields  # fmt: skip
+
+
+def admin_errors(response) -> dict[str, list[str]]:
+    assert response.status_code == 200, "the form was accepted"
+    return {name: list(errors) for name, errors in response.context["adminform"].form.errors.items()}
+
+
+def test_a_run_subscription_is_made_from_the_runs_admin_page(admin_client, run):
+    run_page = reverse("admin:agents_hooks_run_change", args=[quote(run.pk)])
+    page = admin_client.get(run_page).content.decode()
+    link = re.search(r'<a href="([^"]+)">Subscribe a URL to this run</a>', page)
+    assert link, page
+    form = admin_client.get(html.unescape(link[1])).context["adminform"].form
+    assert (form.initial["run"], form.initial["ordering"]) == (run.pk, "run")  # chosen by the link
+
+    response = admin_client.post(reverse("admin:webhooks_endpoint_add"), admin_form(run))
+    assert response.status_code == 302, admin_errors(response)
+    made = Endpoint.objects.get(run=run)
+    assert made.agent_id == run.agent_id and made.ordering == "run" and made.state == "active"
+    ttl = made.expires_at - timezone.now()
+    assert datetime.timedelta(hours=23, minutes=59) < ttl <= datetime.timedelta(hours=24)  # the setting's default
+    page = admin_client.get(run_page).content.decode()
+    assert made.pk in page and "active" in page  # the run's page lists it with its state
+    made.ended_at = timezone.now()
+    made.save()
+    assert "ended" in admin_client.get(run_page).content.decode()
+
+
+def test_the_admin_refuses_what_the_api_refuses_for_a_run_subscription(admin_client, org, run):
+    add = reverse("admin:webhooks_endpoint_add")
+    other_org = Organization.objects.create(name="Other")
+    theirs = Run.objects.create(agent=other_org.agents.create(name="theirs"))
+    other_agent = org.agents.create(name="second")
+    past = (timezone.now() - datetime.timedelta(hours=1)).strftime("%Y-%m-%d")
+    far = (timezone.now() + datetime.timedelta(days=40)).strftime("%Y-%m-%d")
+    cases = [
+        (admin_form(theirs, organization=org.pk), "run", "belongs to another organization"),
+        (admin_form(run, agent=other_agent.pk), "agent", "takes its run's agent"),
+        (admin_form(run, expires_at_0=past, expires_at_1="00:00:00"), "expires_at", "Must be in the future"),
+        (admin_form(run, expires_at_0=far, expires_at_1="00:00:00"), "expires_at", "At most 2592000 seconds (30 days)"),
+        (
+            admin_form(run, expires_at_0=far, expires_at_1="00:00:00") | {"run": ""},
+            "expires_at",
+            "Only a run subscription",
+        ),
+    ]
+    for form, field, words in cases:
+        errors = admin_errors(admin_client.post(add, form))
+        assert list(errors) == [field] and words in errors[field][0], (field, errors)
+    finish(run, "completed")
+    errors = admin_errors(admin_client.post(add, admin_form(run)))
+    assert "already ended (completed)" in errors["run"][0]
+    assert (
+        "takes no new subscription"
+        in admin_client.get(reverse("admin:agents_hooks_run_change", args=[quote(run.pk)])).content.decode()
+    )
+    assert not Endpoint.objects.exists()
+
+
+def test_a_run_subscription_posted_to_the_admin_without_an_ordering_is_ordered(admin_client, run):
+    form = admin_form(run)
+    del form["ordering"]  # a script's post: the API's default
+    assert admin_client.post(reverse("admin:webhooks_endpoint_add"), form).status_code == 302
+    assert Endpoint.objects.get(run=run).ordering == "run"
 
 
 @pytest.mark.parametrize("value", ["0", "721", "a day"])

@@ -32,7 +32,7 @@ from deliveries.models import Attempt, Delivery
 from deliveries.recovery import disable_endpoints, recover_endpoint, resume_endpoint, retry_pending
 from deliveries.selectors import success_rate, wait_for_first_attempt, with_delivery_stats
 
-from . import admin_replay, catalog, clientcert, content_filter, credentials, urlsafety
+from . import admin_replay, catalog, clientcert, content_filter, credentials, run_subscriptions, urlsafety
 from .forms import EventTypesField, ExcludeFieldsField, HeadersField, format_headers
 from .models import Endpoint, EndpointKind, Ordering, Payload, url_problem
 from .serializers import EndpointSerializer
@@ -115,8 +115,15 @@ class EndpointForm(forms.ModelForm):
         model = Endpoint
         fields = [
             "organization", "kind", "url", "agent", "description", "event_types", "filter", "headers", "rate_limit",
-            "retry_schedule", "ordering", "is_active", "payload", "exclude_fields",
+            "retry_schedule", "ordering", "is_active", "payload", "exclude_fields", "run", "expires_at",
         ]  # fmt: skip
+        help_texts = {
+            "run": "Only this run's events, and always its last one, after whose delivery it ends by itself "
+            "(a run subscription, as POST /api/v1/runs/&lt;id&gt;/subscriptions/ makes). Chosen once; "
+            "empty for an ordinary endpoint.",
+            "expires_at": "A run subscription takes no new event after this, if its run has not ended by then "
+            "(at most 30 days ahead). Empty: WEBHOOK_RUN_SUBSCRIPTION_TTL_HOURS from now.",
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -212,7 +219,33 @@ class EndpointForm(forms.ModelForm):
         agent = cleaned.get("agent")
         if agent and organization and agent.organization_id != organization.pk:
             self.add_error("agent", f"{agent} belongs to another organization than {organization}.")
+        if cleaned.get("run") is not None:
+            self._clean_run(cleaned, cleaned["run"], organization)
+        elif cleaned.get("expires_at") is not None:
+            self.add_error("expires_at", "Only a run subscription expires: choose its run, or leave this empty.")
         return cleaned
+
+    def _clean_run(self, cleaned: dict, run, organization) -> None:
+        """A run subscription made here: the API's rules (its organization's run, not ended;
+        the run's agent; a TTL within bounds, by default the setting's; in order unless chosen)."""
+        if organization and run.agent.organization_id != organization.pk:
+            self.add_error("run", f"Run {run.pk} belongs to another organization than {organization}.")
+        elif run_subscriptions.run_ended(run):
+            self.add_error(
+                "run",
+                f"Run {run.pk} already ended ({run.status}): its last event was published, so nothing is left to send.",
+            )
+        agent = cleaned.get("agent")
+        if agent and agent.pk != run.agent_id:
+            self.add_error("agent", f"A run subscription takes its run's agent ({run.agent}): leave this empty.")
+        cleaned["agent"] = run.agent
+        now = timezone.now()
+        if cleaned.get("expires_at") is None:
+            cleaned["expires_at"] = now + run_subscriptions.default_ttl()
+        elif problem := run_subscriptions.ttl_problem(cleaned["expires_at"], now):
+            self.add_error("expires_at", problem[:1].upper() + problem[1:] + ".")
+        if not self.data.get(self.add_prefix("ordering")):  # not chosen (a script's post): the API's default
+            cleaned["ordering"] = run_subscriptions.DEFAULT_ORDERING
 
     def _clean_client_certificate(self, cleaned: dict) -> None:
         self.client_certificate = ...  # Ellipsis: unchanged; None: remove; else the new one
@@ -282,7 +315,7 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
     list_select_related = ["organization", "agent"]
     list_filter = ["is_active", ScopeFilter, "organization"]
     search_fields = ["url", "description", "=id", "agent__name"]
-    autocomplete_fields = ["organization", "agent"]
+    autocomplete_fields = ["organization", "agent", "run"]
     ordering = ["-created_at"]
     actions = [
         "send_test_event", "enable", "disable", "rotate_secret", "retry_waiting_deliveries",
@@ -327,7 +360,18 @@ class EndpointAdmin(DeletesItsLog, admin.ModelAdmin):
         mtls = ["client_certificate", "client_key"] + (["remove_client_certificate"] if obj else [])
         mtls = ([] if obj is None else ["client_certificate_status"]) + (mtls if can_change else [])
         if obj is None:
-            return [(None, {"fields": ["organization", *editable]}), ("Mutual TLS", {"fields": mtls})]
+            return [
+                (None, {"fields": ["organization", *editable]}),
+                (
+                    "Run subscription",
+                    {
+                        "fields": ["run", "expires_at"],
+                        "description": "To subscribe to one run only, choose it here; choose the ordering "
+                        '"run" above to get its events one at a time, in their order.',
+                    },
+                ),
+                ("Mutual TLS", {"fields": mtls}),
+            ]
         return [
             (None, {"fields": ["id", "organization", *editable]}),
             *([("Run subscription", {"fields": ["run_subscription"]})] if obj.run_id else []),

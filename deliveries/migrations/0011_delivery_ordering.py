@@ -2,8 +2,11 @@
 
 from django.db import migrations, models
 
+from deliveries.migration_operations import AddIndexOnline
+
 
 class Migration(migrations.Migration):
+    atomic = False  # the indexes are built CONCURRENTLY on PostgreSQL: no transaction around them
 
     dependencies = [
         ('deliveries', '0010_publish_numbered'),
@@ -31,19 +34,19 @@ class Migration(migrations.Migration):
             name='waiting',
             field=models.BooleanField(default=False),
         ),
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='delivery',
             index=models.Index(condition=models.Q(('run_id__isnull', False), ('status', 'pending')), fields=['run_id', 'endpoint', 'sequence'], name='delivery_run_order'),
         ),
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='delivery',
             index=models.Index(condition=models.Q(('run_id__isnull', False), ('status__in', ['failed', 'dead'])), fields=['run_id', 'endpoint', 'sequence'], name='delivery_run_skipped'),
         ),
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='delivery',
             index=models.Index(condition=models.Q(('waiting', True)), fields=['run_id'], name='delivery_waiting'),
         ),
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='event',
             index=models.Index(condition=models.Q(('fanned_out_at', None), ('run_id__isnull', False)), fields=['run_id', 'sequence'], name='event_run_not_fanned_out'),
         ),
