@@ -11,12 +11,13 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from contextlib import redirect_stderr, redirect_stdout
 from unittest import mock
 
 import pytest
 from django.contrib.admin.utils import quote
-from django.db import connections
+from django.db import connection, connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -204,6 +205,51 @@ def test_another_organizations_run_is_a_404_and_an_ended_run_a_409(api, run):
     response = api.post(subscriptions_url(run), {"url": HOOK}, format="json")
     assert response.status_code == 409 and "already ended" in response.json()["detail"]
     assert not Endpoint.objects.exists()
+
+
+def test_a_run_ending_while_it_is_subscribed_to_is_seen(transactional_db, api, run):
+    """The run ends in a transaction that has not committed when the subscription is asked
+    for: the API waits for it and answers 409, instead of making a subscription that its
+    run's last event, fanned out without it, would never end."""
+    ending, ended = threading.Event(), threading.Event()
+
+    def end_the_run():
+        try:
+            with transaction.atomic():
+                finish(Run.objects.select_for_update().get(pk=run.pk), "completed")
+                ending.set()
+                ended.wait(10)  # until the API's request is seen waiting for this row
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=end_the_run)
+    thread.start()
+    try:
+        assert ending.wait(10)
+        answers = []
+
+        def ask():
+            try:
+                answers.append(api.post(subscriptions_url(run), {"url": HOOK}, format="json"))
+            finally:
+                connections.close_all()
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        wait_until(lambda: waiting_for_a_lock() > 0, message="the API waits for the run")
+    finally:
+        ended.set()
+        thread.join(10)
+    asking.join(10)
+    (response,) = answers
+    assert response.status_code == 409 and "already ended (completed)" in response.json()["detail"]
+    assert not Endpoint.objects.exists()
+
+
+def waiting_for_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        return cursor.fetchone()[0]
 
 
 # --- the operator's views: admin, CLI, settings -------------------------------------------------

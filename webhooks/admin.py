@@ -230,7 +230,7 @@ class EndpointForm(forms.ModelForm):
         the run's agent; a TTL within bounds, by default the setting's; in order unless chosen)."""
         if organization and run.agent.organization_id != organization.pk:
             self.add_error("run", f"Run {run.pk} belongs to another organization than {organization}.")
-        elif run_subscriptions.run_ended(run):
+        elif run_subscriptions.run_ended(run := run_subscriptions.hold_run(run)):  # the admin saves in this transaction
             self.add_error(
                 "run",
                 f"Run {run.pk} already ended ({run.status}): its last event was published, so nothing is left to send.",

@@ -3,6 +3,7 @@ run subscriptions, and the event type catalog."""
 
 import functools
 
+from django.db import transaction
 from django.urls import reverse
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
@@ -328,11 +329,12 @@ class RunSubscriptionsView(OrganizationScoped, generics.ListCreateAPIView):
         the signing secret is in this answer only. A run that already ended is a 409."""
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        run = self.run
-        if run_subscriptions.run_ended(run):
-            detail = f"run {run.pk} already ended ({run.status}): its last event was published"
-            return Response({"detail": detail}, status=status.HTTP_409_CONFLICT)
-        serializer.save(organization=self.organization, run=run, agent_id=run.agent_id)
+        with transaction.atomic():
+            run = run_subscriptions.hold_run(self.run)
+            if run_subscriptions.run_ended(run):
+                detail = f"run {run.pk} already ended ({run.status}): its last event was published"
+                return Response({"detail": detail}, status=status.HTTP_409_CONFLICT)
+            serializer.save(organization=self.organization, run=run, agent_id=run.agent_id)
         return Response(s.RunSubscriptionWithSecretSerializer(serializer.instance).data, status=status.HTTP_201_CREATED)
 
     @functools.cached_property

@@ -58,6 +58,18 @@ def run_ended(run: Run) -> bool:
     return run.status in Run.TERMINAL
 
 
+def hold_run(run: Run) -> Run:
+    """The run re-read and locked until the caller's transaction ends (call it in the one
+    that saves the subscription), to check `run_ended` on.
+
+    Without the lock a run could end between that check and the subscription's commit, and
+    fan out its last event without it, which would then take nothing until its TTL. With it,
+    the run's save (which publishes that event in its own transaction) waits for the
+    subscription to commit, so fan-out finds it; or it went first, and the check sees the
+    run ended. (SQLite: one writer at a time already.)"""
+    return Run.objects.select_for_update().get(pk=run.pk)
+
+
 def of_run(run: Run):
     """The run's subscriptions, oldest first (ended and expired ones too, with their state)."""
     return Endpoint.objects.filter(run=run).order_by("created_at", "pk")
