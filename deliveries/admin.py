@@ -534,10 +534,14 @@ class AttemptAdmin(ReadOnlyAdmin):
 class PayloadRemovalAdmin(ReadOnlyAdmin):
     """Who had payloads erased, and when; and each retention pass that expired some."""
 
-    list_display = ["requested_at", "kind", "scope", "requested_by", "events", "deliveries_failed", "reason"]
+    list_display = ["requested_at", "kind", "scope", "requested_by", "events", "deliveries_failed", "state", "reason"]
     list_filter = ["kind"]
     search_fields = ["=agent_id", "=organization_id", "requested_by"]
     ordering = ["-requested_at"]
+
+    @admin.display(description="state", ordering="finished_at")
+    def state(self, obj) -> str:
+        return "running (a worker goes on)" if obj.finished_at is None else f"finished {when(obj.finished_at)}"
 
     @admin.display(description="scope")
     def scope(self, obj) -> str:
@@ -560,7 +564,12 @@ class ErasesPayloads:
         if request.POST.get("confirmed") == "yes":
             reason = request.POST.get("reason", "").strip()[:500]
             records = [
-                retention.erase(requested_by=requester(request), reason=reason, **{self.erases: obj})
+                retention.erase(
+                    requested_by=requester(request),
+                    reason=reason,
+                    seconds=retention.IN_REQUEST_SECONDS,
+                    **{self.erases: obj},
+                )  # fmt: skip
                 for obj in queryset
             ]
             events = sum(r.events for r in records)
@@ -571,6 +580,13 @@ class ErasesPayloads:
                 f"{pluralize(len(records))}; {failed} undelivered deliver{pluralize(failed, 'y,ies')} finished failed.",
                 messages.SUCCESS,
             )
+            if going_on := sum(r.finished_at is None for r in records):
+                self.message_user(
+                    request,
+                    f"{going_on} erasure{pluralize(going_on)} did not finish within the request: a worker goes on "
+                    "(see Payload removals, where the counts grow until it is finished).",
+                    messages.WARNING,
+                )
             return None
         field = "agent" if self.erases == "agent" else "organization"
         kept = Event.objects.filter(payload_removed="")

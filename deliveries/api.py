@@ -18,7 +18,7 @@ from webhooks_project.schema import ERROR_BODY
 from . import feed, publishing, recovery, retention, stats
 from . import serializers as s
 from .filters import DeliveryFilter, EventFilter
-from .models import Delivery, DeliveryKind, Event
+from .models import Delivery, DeliveryKind, Event, PayloadRemoval
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
@@ -181,6 +181,31 @@ class IsStaffToErase(permissions.IsAdminUser):
     )
 
 
+ERASURE_GOES_ON = OpenApiResponse(
+    s.PayloadRemovalSerializer,
+    description="Not finished within the request (10 s): a worker goes on (`state: running`). Follow it at "
+    "`GET /api/v1/payload-removals/<id>/` until `state` is `finished`.",
+)
+
+
+def erasure_answer(record) -> Response:
+    """200 with the record of an erasure done in the request; 202 with it while a worker goes on."""
+    done = record.finished_at is not None
+    return Response(s.PayloadRemovalSerializer(record).data, status=status.HTTP_200_OK if done else 202)
+
+
+class PayloadRemovalViewSet(OrganizationScoped, viewsets.ReadOnlyModelViewSet):
+    """The record of your organization's payload erasures (and of retention passes for its own,
+    shorter period), newest first: who asked, when, why, and how much; `state: running` while a
+    worker goes on with an erasure too large for one request."""
+
+    queryset = PayloadRemoval.objects.order_by("-requested_at", "-pk")
+    serializer_class = s.PayloadRemovalSerializer
+
+    def get_queryset(self):
+        return PayloadRemoval.objects.filter(organization_id=self.organization.pk).order_by("-requested_at", "-pk")
+
+
 class OrganizationEraseView(APIView):
     permission_classes = [IsStaffToErase]
 
@@ -188,6 +213,7 @@ class OrganizationEraseView(APIView):
         request=s.EraseRequestSerializer,
         responses={
             200: s.PayloadRemovalSerializer,
+            202: ERASURE_GOES_ON,
             403: OpenApiResponse(ERROR_BODY, description="Not a staff user (API keys are refused)."),
             404: OpenApiResponse(ERROR_BODY, description="No such organization."),
         },
@@ -201,6 +227,9 @@ class OrganizationEraseView(APIView):
         body = s.EraseRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         record = retention.erase(
-            organization=organization, requested_by=requester(request), reason=body.validated_data["reason"]
+            organization=organization,
+            requested_by=requester(request),
+            reason=body.validated_data["reason"],
+            seconds=retention.IN_REQUEST_SECONDS,
         )
-        return Response(s.PayloadRemovalSerializer(record).data)
+        return erasure_answer(record)

@@ -14,6 +14,11 @@ cannot be turned back into the body).
   organization's `payload_retention_days`, if shorter).
 * `erase`: an agent's or an organization's events, now, whatever their age; recorded with
   who asked and when (`PayloadRemoval`), as is every retention pass that removed anything.
+  Asked for over HTTP (the API, the admin) it works for IN_REQUEST_SECONDS, then leaves the
+  record unfinished (`finished_at` null) and a worker goes on (`continue_erasure`), so an
+  organization of millions of events does not outlast a proxy's timeout; if the broker lost
+  that message, the next retention pass goes on instead. One process at a time works on an
+  erasure (a PostgreSQL advisory lock on its record), so its counts add up.
 
 A delivery still pending when its event's payload goes (held for a disabled endpoint, waiting
 for a retry or for its turn in a run, or being sent right now) is finished `failed`, its
@@ -56,7 +61,10 @@ logger = logging.getLogger(__name__)
 
 BATCH = 1000  # events per transaction: ~0.1-0.4 s of row locks (bench/purge.py)
 SETTLE_TASK = "deliveries.tasks.settle_payload_removals"
+CONTINUE_TASK = "deliveries.tasks.continue_erasure"
 ADVISORY_LOCK = 0x7E7E_0016  # pg_advisory_lock key of the retention pass
+ERASURE_LOCK = 0x7E7E_0017  # with an erasure's record id: the lock of whoever works on it
+IN_REQUEST_SECONDS = 10.0  # an erasure asked for over HTTP: this long, then a worker goes on
 
 
 @dataclass
@@ -89,7 +97,7 @@ def expire(now: datetime.datetime | None = None, progress: Progress = None) -> i
     shorter period of its own. Also settles earlier removals whose in-flight attempts are over.
     One pass at a time: while another runs (a first pass over years of events can outlast the
     hour), this one does nothing and returns 0."""
-    with _alone() as alone:
+    with _alone(ADVISORY_LOCK) as alone:
         return _expire_all(now or timezone.now(), progress) if alone else 0
 
 
@@ -104,25 +112,33 @@ def _expire_all(now: datetime.datetime, progress: Progress) -> int:
     for org_id, days in shorter.values_list("pk", "payload_retention_days"):
         total += _expire(org_id, now - datetime.timedelta(days=days), now, progress)
     settle(now)
+    # Erasures whose worker never came (a message the broker lost) or died: taken up here,
+    # unless a worker is on one right now (it holds its lock).
+    for pk in PayloadRemoval.objects.filter(kind=PayloadRemoved.ERASED, finished_at__isnull=True).values_list(
+        "pk", flat=True
+    ):
+        continue_erasure(pk)
     return total
 
 
 @contextlib.contextmanager
-def _alone():
-    """Whether this process holds the retention passes' PostgreSQL advisory lock (taken for
-    the session, so not held by any transaction; released at the end). Other databases: yes."""
+def _alone(*key: int):
+    """Whether this process holds the PostgreSQL advisory lock `key` (one or two int4: the
+    retention passes', or an erasure's), taken for the session, so not held by any
+    transaction, and released at the end. Other databases: yes (one writer at a time)."""
     if connection.vendor != "postgresql":
         yield True
         return
+    args = ", ".join(["%s"] * len(key))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK])
+        cursor.execute(f"SELECT pg_try_advisory_lock({args})", list(key))
         held = cursor.fetchone()[0]
     try:
         yield held
     finally:
         if held:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK])
+                cursor.execute(f"SELECT pg_advisory_unlock({args})", list(key))
 
 
 def _expire(organization_id: str | None, cutoff: datetime.datetime, now, progress: Progress) -> int:
@@ -153,42 +169,76 @@ def _expire(organization_id: str | None, cutoff: datetime.datetime, now, progres
 
 
 def erase(
-    *, requested_by: str, agent: Agent | None = None, organization: Organization | None = None, reason: str = ""
+    *,
+    requested_by: str,
+    agent: Agent | None = None,
+    organization: Organization | None = None,
+    reason: str = "",
+    seconds: float | None = None,
 ) -> PayloadRemoval:
     """Remove the payloads of every event of `agent` (or of `organization`) now, whatever their
     age, and finish their undelivered deliveries `failed`; record who asked, when and how much
-    (the returned `PayloadRemoval`). Events published after this began are not touched."""
+    (the returned `PayloadRemoval`). Events published after this began are not touched.
+
+    `seconds`: once this long has passed (checked between pages), stop and have a worker go
+    on: the record comes back unfinished (`finished_at` null), and its counts grow until it
+    is finished. None: to the end, here (the command line)."""
     if (agent is None) == (organization is None):
         raise ValueError("erase: give an agent or an organization")
-    now = timezone.now()
     record = PayloadRemoval.objects.create(
         kind=PayloadRemoved.ERASED,
         agent_id=agent.pk if agent is not None else None,
         organization_id=organization.pk if organization is not None else agent.organization_id,
         requested_by=requested_by[:200],
         reason=reason,
-        requested_at=now,
+        requested_at=timezone.now(),
     )
-    rows = Event.objects.filter(payload_removed=PayloadRemoved.KEPT, created_at__lte=now)
-    if agent is not None:  # its index, or the primary key's when the agent has most events
-        pages = _pages(rows.filter(agent_id=agent.pk), "pk")
-    else:  # the (organization, created_at) index
-        pages = _pages(rows.filter(organization_id=organization.pk), "created_at")
-    _run(record, pages)
-    record.save()
-    logger.warning(
-        "payloads erased: %s, %d events (%d pending deliveries failed), asked by %s",
-        f"agent {agent.pk}" if agent is not None else f"organization {organization.pk}",
-        record.events, record.deliveries_failed, record.requested_by,
-    )  # fmt: skip
-    if record.settle_by is not None:
-        _schedule_settle(record.settle_by)
+    _erase(record, seconds)
     return record
 
 
-def _run(record: PayloadRemoval, pages, progress: Progress = None) -> None:
-    """Remove page after page, adding up the counts on `record` (not saved here)."""
+def continue_erasure(record_id: int) -> None:
+    """Go on with an unfinished erasure, to its end (task `continue_erasure`, and the retention
+    pass for those no worker took up); nothing if it is finished or being worked on."""
+    record = PayloadRemoval.objects.filter(pk=record_id, kind=PayloadRemoved.ERASED).first()
+    if record is not None and record.finished_at is None:
+        _erase(record, None)
+
+
+def _erase(record: PayloadRemoval, seconds: float | None) -> None:
+    with _alone(ERASURE_LOCK, record.pk % 2**31) as alone:
+        if not alone:
+            return  # another process works on it
+        record.refresh_from_db()  # its counts as the last one who worked on it left them
+        if record.finished_at is not None:
+            return
+        rows = Event.objects.filter(payload_removed=PayloadRemoved.KEPT, created_at__lte=record.requested_at)
+        if record.agent_id is not None:  # its index, or the primary key's when the agent has most events
+            pages = _pages(rows.filter(agent_id=record.agent_id), "pk")
+        else:  # the (organization, created_at) index
+            pages = _pages(rows.filter(organization_id=record.organization_id), "created_at")
+        until = None if seconds is None else time.monotonic() + seconds
+        _run(record, pages, until=until)
+        record.save()
+    scope = f"agent {record.agent_id}" if record.agent_id is not None else f"organization {record.organization_id}"
+    if record.finished_at is None:
+        logger.info("erasing the payloads of %s: %d events so far; a worker goes on", scope, record.events)
+        _schedule(CONTINUE_TASK, args=[record.pk], why="the erasure goes on at the next retention pass")
+        return
+    logger.warning(
+        "payloads erased: %s, %d events (%d pending deliveries failed), asked by %s",
+        scope, record.events, record.deliveries_failed, record.requested_by,
+    )  # fmt: skip
+    if record.settle_by is not None:
+        _schedule_settle(record.settle_by)
+
+
+def _run(record: PayloadRemoval, pages, progress: Progress = None, until: float | None = None) -> None:
+    """Remove page after page, adding up the counts on `record` (not saved here); finished
+    (`finished_at`) unless it stopped at `until` (time.monotonic()) with pages left."""
     for ids in pages:
+        if until is not None and time.monotonic() >= until:
+            return
         batch = _remove(ids, record.kind, record.requested_at)
         record.events += batch.events
         record.deliveries_failed += batch.deliveries_failed
@@ -294,12 +344,17 @@ def settle(now: datetime.datetime | None = None) -> int:
 def _schedule_settle(at: datetime.datetime) -> None:
     """Ask a worker to settle at `at` (once committed); if the broker is away, the next
     retention pass does it."""
+    countdown = max(0.0, (at - timezone.now()).total_seconds()) + 1
+    _schedule(SETTLE_TASK, countdown=countdown, why="in-flight attempts settle at the next retention pass")
+
+
+def _schedule(task: str, *, args=(), countdown: float = 0, why: str) -> None:
+    """Send `task` to a worker once committed; if the broker is away, say what happens instead."""
 
     def send():
-        countdown = max(0.0, (at - timezone.now()).total_seconds()) + 1
         try:
-            current_app.send_task(SETTLE_TASK, countdown=countdown, retry=False)
+            current_app.send_task(task, args=list(args), countdown=countdown, retry=False)
         except Exception as exc:
-            logger.warning("broker unavailable (%s): in-flight attempts settle at the next retention pass", exc)
+            logger.warning("broker unavailable (%s): %s", exc, why)
 
     transaction.on_commit(send)

@@ -337,14 +337,22 @@ class EraseRequestSerializer(serializers.Serializer):
 
 
 class PayloadRemovalSerializer(serializers.ModelSerializer):
+    state = serializers.SerializerMethodField(
+        help_text='"running": a worker goes on with it (an erasure of more than a request\'s time); "finished".'
+    )
+
     class Meta:
         model = PayloadRemoval
         fields = [
-            "id", "kind", "organization_id", "agent_id", "requested_by", "reason", "requested_at", "finished_at",
-            "events", "deliveries_failed", "attempts_cleared", "settle_by",
+            "id", "kind", "state", "organization_id", "agent_id", "requested_by", "reason", "requested_at",
+            "finished_at", "events", "deliveries_failed", "attempts_cleared", "settle_by",
         ]  # fmt: skip
         extra_kwargs = {
-            "events": {"help_text": "Events whose payloads were removed (their rows stay, without data)."},
+            "finished_at": {"help_text": "When the last payload was removed; null while it goes on."},
+            "events": {
+                "help_text": "Events whose payloads were removed (their rows stay, without data); it grows "
+                "while `state` is `running`."
+            },  # fmt: skip
             "deliveries_failed": {"help_text": "Undelivered deliveries finished `failed`: they will not be sent."},
             "attempts_cleared": {"help_text": "Attempts whose response excerpt was removed."},
             "settle_by": {
@@ -352,3 +360,6 @@ class PayloadRemovalSerializer(serializers.ModelSerializer):
                 "they are recorded, by this time. null if none was."
             },
         }
+
+    def get_state(self, record) -> str:
+        return "running" if record.finished_at is None else "finished"

@@ -7,7 +7,8 @@
 * `replay_events(replay_ids)`: the next batches of replays (`replay`), for a few seconds; the
   rest goes back to the broker as a new message.
 * `purge_attempts`, `purge_idempotency_keys`, `expire_payloads` (beat): retention;
-  `settle_payload_removals`: the late attempts of an erasure (`retention.settle`).
+  `settle_payload_removals`: the late attempts of an erasure (`retention.settle`);
+  `continue_erasure`: an erasure asked for over HTTP, past its time in the request.
 
 A failed attempt's retry is not a task retry: its time is written on the delivery
 (`policy`, `store`) and the due loop sends it (`dueloop`), in batches, with whatever else is
@@ -74,3 +75,8 @@ def expire_payloads() -> int:
 @shared_task(ignore_result=True)
 def settle_payload_removals() -> int:
     return retention.settle()
+
+
+@shared_task(ignore_result=True)
+def continue_erasure(record_id: int) -> None:
+    retention.continue_erasure(record_id)

@@ -96,7 +96,7 @@ def operations(schema: dict):
 def test_one_tag_per_resource_each_with_operations(schema):
     resources = [
         "agents", "tools", "runs", "jobs", "steps", "messages", "tool-executions",
-        "webhooks", "events", "deliveries", "event-types", "stats", "organizations",
+        "webhooks", "events", "deliveries", "event-types", "payload-removals", "stats", "organizations",
     ]  # fmt: skip
     assert [tag["name"] for tag in schema["tags"]] == resources
     assert all(tag["description"] for tag in schema["tags"])

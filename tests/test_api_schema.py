@@ -14,14 +14,14 @@ import types
 import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from drf_spectacular.validation import validate_schema
 from hypothesis import HealthCheck, settings
 from rest_framework.test import APIClient
 
 from agents_hooks.models import Agent, AgentTool, ApiKey, Job, Message, Organization, Run, Step, Tool, ToolExecution
 from deliveries import selectors
-from deliveries.models import Attempt, Delivery, Event
+from deliveries.models import Attempt, Delivery, Event, PayloadRemoval
 from webhooks import urlsafety
 from webhooks.models import Endpoint
 from webhooks_project.wsgi import application
@@ -31,7 +31,7 @@ KEY = "ahk_schemathesis-test-key"  # stored (hashed) by the fixture below, in th
 IDS = {
     "agents": ["agent-st-1"], "tools": ["tool-st-1"], "runs": ["run-st-1"], "jobs": ["job-st-1"],
     "steps": ["step-st-pending", "step-st-done"], "messages": ["message-st-1"], "tool-executions": ["toolexec-st-1"],
-    "webhooks": ["ep_st1"], "events": ["evt_ST1"], "deliveries": [990001, 990002],
+    "webhooks": ["ep_st1"], "events": ["evt_ST1"], "deliveries": [990001, 990002], "payload-removals": [990101],
 }  # fmt: skip
 
 config = schemathesis.Config.from_dict(
@@ -114,6 +114,10 @@ def api_data(db, monkeypatch, wsgi_in_test_transaction):
         Attempt.objects.create(
             delivery=delivery, number=1, started_at=now, url=endpoint.url, status_code=code, duration_ms=3
         )
+    PayloadRemoval.objects.create(
+        id=IDS["payload-removals"][0], kind="erased", organization_id=org.pk, agent_id=agent.pk,
+        requested_by="user ops", requested_at=now, finished_at=now, events=1,
+    )  # fmt: skip
     # Another organization's rows, which no generated request may reach.
     Agent.objects.create(organization=Organization.objects.create(name="Other"), name="not yours")
     return org
@@ -135,7 +139,23 @@ def test_api_conforms_to_its_schema(case, api_data):
 def test_api_workflows_conform_to_its_schema(api_data):
     """Stateful: call sequences that feed one answer's ids into the next request (links inferred
     from the schema: create an agent, attach a tool to it, read it back, delete it...)."""
-    schema.as_state_machine().run(
+
+    class EachFromTheSameRows(schema.as_state_machine()):
+        """Every sequence starts from the fixture's rows (a savepoint, rolled back after it), so
+        what an earlier one created or erased cannot change what a later one draws: Hypothesis
+        replays sequences and requires the same answers to the same draws."""
+
+        def setup(self):
+            self.savepoint = transaction.savepoint()
+
+        def teardown(self):
+            # Whatever the sequence did, the other organization's agent was out of its reach.
+            reached = not Agent.objects.filter(name="not yours", organization__name="Other").exists()
+            transaction.savepoint_rollback(self.savepoint)
+            super().teardown()
+            assert not reached, "a sequence reached the other organization's agent"
+
+    EachFromTheSameRows.run(
         settings=settings(
             max_examples=30,
             stateful_step_count=6,
@@ -145,5 +165,3 @@ def test_api_workflows_conform_to_its_schema(api_data):
             suppress_health_check=list(HealthCheck),
         )
     )
-    # Whatever the sequences did, the other organization's agent was out of their reach.
-    assert Agent.objects.filter(name="not yours", organization__name="Other").exists()

@@ -354,8 +354,8 @@ def test_a_path_of_unicode_digits_is_a_key_not_an_index_and_never_stops_fan_out(
 
     odd = make_endpoint("/odd", filter={"path": "data.²", "eq": 1})  # "²".isdigit() is true; int("²") fails
     plain = make_endpoint("/plain")
-    with transaction.atomic():
+    with transaction.atomic():  # fanned out here before the suite's worker, if running, hears of them
         matching = publish("agent.custom.thing", organization=org, data={"²": 1})
         other = publish("agent.custom.thing", organization=org, data={"n": 2})
-    delivered = {(d.event_id, d.endpoint_id) for d in fanout.fan_out([matching.pk, other.pk])}
+        delivered = {(d.event_id, d.endpoint_id) for d in fanout.fan_out([matching.pk, other.pk])}
     assert delivered == {(matching.pk, odd.pk), (matching.pk, plain.pk), (other.pk, plain.pk)}

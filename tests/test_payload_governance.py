@@ -23,7 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from agents_hooks.models import Agent, Organization
+from agents_hooks.models import Agent, ApiKey, Organization
 from deliveries import retention, store
 from deliveries.events import publish
 from deliveries.models import Attempt, Delivery, Event, PayloadRemoval
@@ -225,6 +225,46 @@ def test_erasing_an_agent_removes_its_payloads_everywhere_and_nothing_of_another
     )
     assert feed[events[alice].pk]["body"] is None and feed[events[alice].pk]["payload_removed"] == "erased"
     assert SECRET in feed[events[bob].pk]["body"]
+
+
+def test_an_erasure_longer_than_a_request_goes_on_in_a_worker(live, org, agent, make_endpoint, api, monkeypatch):
+    """Past its time in the request (here none at all), the API answers 202 with the record
+    `running`, and the suite's worker finishes it; the record says so at its own URL, which
+    another organization's key cannot read."""
+    monkeypatch.setattr(retention, "IN_REQUEST_SECONDS", 0)  # this process only: the worker has no limit
+    endpoint = make_endpoint()
+    for _ in range(30):
+        answered(endpoint, age=datetime.timedelta(hours=1), agent=agent)
+
+    answer = api.post(f"/api/v1/agents/{agent.pk}/erase/", {"reason": "ticket 7"}, format="json")
+    assert answer.status_code == 202, answer.content
+    assert (answer.json()["state"], answer.json()["finished_at"], answer.json()["events"]) == ("running", None, 0)
+    url = f"/api/v1/payload-removals/{answer.json()['id']}/"
+    wait_until(lambda: api.get(url).json()["state"] == "finished", timeout=30, message="a worker finished it")
+    record = api.get(url).json()
+    assert record["events"] == 30 and record["attempts_cleared"] == 30 and record["reason"] == "ticket 7"
+    assert SECRET not in everything_stored()
+    assert [r["id"] for r in api.get("/api/v1/payload-removals/").json()["results"]] == [record["id"]]
+    other = APIClient(HTTP_AUTHORIZATION=f"Bearer {ApiKey.issue(Organization.objects.create(name='Other'))[1]}")
+    assert other.get(url).status_code == 404
+
+
+def test_an_erasure_no_worker_took_up_is_finished_by_the_retention_pass(org, agent, make_endpoint, settings):
+    """The broker lost the message that hands an erasure to a worker (here: never sent, as
+    nothing commits in this test): the hourly retention pass goes on with it."""
+    settings.WEBHOOK_PAYLOAD_RETENTION_DAYS = 0  # nothing expires: only the erasure is done
+    endpoint = make_endpoint()
+    for _ in range(3):
+        answered(endpoint, age=datetime.timedelta(hours=1), agent=agent)
+    record = retention.erase(agent=agent, requested_by="test", seconds=0)
+    assert record.finished_at is None and record.events == 0 and SECRET in everything_stored()
+
+    retention.expire()
+    record.refresh_from_db()
+    assert record.finished_at is not None and record.events == 3 and SECRET not in everything_stored()
+    retention.expire()  # finished: not taken up again
+    record.refresh_from_db()
+    assert record.events == 3
 
 
 def test_an_attempt_in_flight_during_an_erasure_brings_nothing_back(org, agent, make_endpoint):

@@ -28,13 +28,15 @@ RESOURCES = {
     "duration, response). Failed or dead deliveries can be retried.",
     "event-types": "The event types an endpoint can subscribe to: the built-in ones, with an example of each `data`, "
     "and those your organization registers (with an optional JSON Schema) to publish its own events.",
+    "payload-removals": "The record of your organization's payload erasures (and retention passes for its own "
+    "period): who asked, when, why, how much; an erasure too large for one request is `running` here until done.",
     "stats": "Delivery statistics of the whole service (staff only).",
     "organizations": "Organizations, for staff users: erase an organization's payloads (see also an agent's `erase`).",
 }
 SINGULAR = {
     "agents": "agent", "tools": "tool", "runs": "run", "jobs": "job", "steps": "step",
     "messages": "message", "tool-executions": "tool execution", "webhooks": "webhook endpoint",
-    "events": "event", "deliveries": "delivery",
+    "events": "event", "deliveries": "delivery", "payload-removals": "payload removal",
 }  # fmt: skip
 # The description of a standard action, from the resource's singular and plural names.
 ACTIONS = {

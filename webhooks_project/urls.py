@@ -60,6 +60,7 @@ router.register("tool-executions", agents_api.ToolExecutionViewSet)
 router.register("webhooks", webhooks_api.EndpointViewSet)
 router.register("events", deliveries_api.EventViewSet)
 router.register("deliveries", deliveries_api.DeliveryViewSet)
+router.register("payload-removals", deliveries_api.PayloadRemovalViewSet)
 
 urlpatterns = [
     path("admin/stats/", admin.site.admin_view(dashboard.service_page), name="delivery-stats"),

@@ -87,7 +87,7 @@ def removals(console: Console, *, limit: int, organization=None, **_) -> None:
         console.json([PayloadRemovalSerializer(r).data for r in page])
         return
     console.table(
-        ["AT", "KIND", "SCOPE", "BY", "EVENTS", "FAILED", "REASON"],
+        ["AT", "KIND", "SCOPE", "BY", "EVENTS", "FAILED", "STATE", "REASON"],
         [
             [
                 r.requested_at,
@@ -96,6 +96,7 @@ def removals(console: Console, *, limit: int, organization=None, **_) -> None:
                 r.requested_by,
                 r.events,
                 r.deliveries_failed,
+                "running" if r.finished_at is None else "finished",
                 common.clip(r.reason, 40),
             ]
             for r in page
