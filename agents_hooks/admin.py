@@ -88,7 +88,11 @@ class RunAdmin(CallbackAdmin):
     list_select_related = ["agent"]
     search_fields = ["=id", "agent__name", "=agent__id"]
     raw_id_fields = ["agent"]
-    readonly_fields = [*CallbackAdmin.readonly_fields, "subscriptions"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The subscriptions' URLs are endpoints' data: shown to those who may see endpoints.
+        fields = super().get_readonly_fields(request, obj)
+        return [*fields, "subscriptions"] if request.user.has_perm("webhooks.view_endpoint") else fields
 
     @admin.display(description="run subscriptions")
     def subscriptions(self, obj) -> str:

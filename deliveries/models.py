@@ -373,6 +373,9 @@ class PayloadRemoval(models.Model):
     # attempt row written, until this time; their excerpts are cleared again then (settled_at).
     settle_by = models.DateTimeField(null=True, blank=True)
     settled_at = models.DateTimeField(null=True, blank=True)
+    # An unfinished erasure is worked on by one process at a time: the one whose lease this is
+    # (retention.claim); a process that died lets it run out, and another goes on.
+    lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["kind", "organization_id", "-cutoff"], name="removal_cutoff")]

@@ -15,10 +15,12 @@ cannot be turned back into the body).
 * `erase`: an agent's or an organization's events, now, whatever their age; recorded with
   who asked and when (`PayloadRemoval`), as is every retention pass that removed anything.
   Asked for over HTTP (the API, the admin) it works for IN_REQUEST_SECONDS, then leaves the
-  record unfinished (`finished_at` null) and a worker goes on (`continue_erasure`), so an
-  organization of millions of events does not outlast a proxy's timeout; if the broker lost
-  that message, the next retention pass goes on instead. One process at a time works on an
-  erasure (a PostgreSQL advisory lock on its record), so its counts add up.
+  record unfinished (`finished_at` null) and a worker goes on (`continue_erasure`, a stretch of
+  IN_TASK_SECONDS at a time, so no task runs long), so an organization of millions of events
+  does not outlast a proxy's timeout; if the broker lost that message, or the worker died, the
+  next retention pass goes on instead. One process at a time works on an erasure, the holder
+  of its lease (`lease_until`, renewed page by page, so a dead one's runs out), and its counts
+  are written after every page: they grow as it goes, and what was done is never uncounted.
 
 A delivery still pending when its event's payload goes (held for a disabled endpoint, waiting
 for a retry or for its turn in a run, or being sent right now) is finished `failed`, its
@@ -47,9 +49,9 @@ from dataclasses import dataclass
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Max
-from django.db.models.functions import Coalesce
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F, Max, Q
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from agents_hooks.models import Agent, Organization
@@ -63,8 +65,9 @@ BATCH = 1000  # events per transaction: ~0.1-0.4 s of row locks (bench/purge.py)
 SETTLE_TASK = "deliveries.tasks.settle_payload_removals"
 CONTINUE_TASK = "deliveries.tasks.continue_erasure"
 ADVISORY_LOCK = 0x7E7E_0016  # pg_advisory_lock key of the retention pass
-ERASURE_LOCK = 0x7E7E_0017  # with an erasure's record id: the lock of whoever works on it
 IN_REQUEST_SECONDS = 10.0  # an erasure asked for over HTTP: this long, then a worker goes on
+IN_TASK_SECONDS = 60.0  # a worker's stretch on an erasure, then it sends itself again
+LEASE = datetime.timedelta(minutes=5)  # an erasure's claim, renewed after every page (< 1 s each)
 
 
 @dataclass
@@ -112,8 +115,8 @@ def _expire_all(now: datetime.datetime, progress: Progress) -> int:
     for org_id, days in shorter.values_list("pk", "payload_retention_days"):
         total += _expire(org_id, now - datetime.timedelta(days=days), now, progress)
     settle(now)
-    # Erasures whose worker never came (a message the broker lost) or died: taken up here,
-    # unless a worker is on one right now (it holds its lock).
+    # Erasures whose worker never came (a message the broker lost) or died: a stretch each
+    # here, then a worker goes on; those a process works on right now (its lease) are left.
     for pk in PayloadRemoval.objects.filter(kind=PayloadRemoved.ERASED, finished_at__isnull=True).values_list(
         "pk", flat=True
     ):
@@ -122,23 +125,22 @@ def _expire_all(now: datetime.datetime, progress: Progress) -> int:
 
 
 @contextlib.contextmanager
-def _alone(*key: int):
-    """Whether this process holds the PostgreSQL advisory lock `key` (one or two int4: the
-    retention passes', or an erasure's), taken for the session, so not held by any
-    transaction, and released at the end. Other databases: yes (one writer at a time)."""
+def _alone(key: int):
+    """Whether this process holds the PostgreSQL advisory lock `key` (the retention passes'),
+    taken for the session, so not held by any transaction, and released at the end. Other
+    databases: yes (one writer at a time)."""
     if connection.vendor != "postgresql":
         yield True
         return
-    args = ", ".join(["%s"] * len(key))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT pg_try_advisory_lock({args})", list(key))
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
         held = cursor.fetchone()[0]
     try:
         yield held
     finally:
         if held:
             with connection.cursor() as cursor:
-                cursor.execute(f"SELECT pg_advisory_unlock({args})", list(key))
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
 def _expire(organization_id: str | None, cutoff: datetime.datetime, now, progress: Progress) -> int:
@@ -185,42 +187,48 @@ def erase(
     is finished. None: to the end, here (the command line)."""
     if (agent is None) == (organization is None):
         raise ValueError("erase: give an agent or an organization")
+    now = timezone.now()
     record = PayloadRemoval.objects.create(
         kind=PayloadRemoved.ERASED,
         agent_id=agent.pk if agent is not None else None,
         organization_id=organization.pk if organization is not None else agent.organization_id,
         requested_by=requested_by[:200],
         reason=reason,
-        requested_at=timezone.now(),
+        requested_at=now,
+        lease_until=now + LEASE,  # claimed as it is recorded: nobody else starts on it
     )
     _erase(record, seconds)
     return record
 
 
-def continue_erasure(record_id: int) -> None:
-    """Go on with an unfinished erasure, to its end (task `continue_erasure`, and the retention
-    pass for those no worker took up); nothing if it is finished or being worked on."""
-    record = PayloadRemoval.objects.filter(pk=record_id, kind=PayloadRemoved.ERASED).first()
-    if record is not None and record.finished_at is None:
-        _erase(record, None)
+def continue_erasure(record_id: int, seconds: float | None = IN_TASK_SECONDS) -> None:
+    """Go on with an unfinished erasure for `seconds` (task `continue_erasure`, and the
+    retention pass for those no worker took up), then hand it on again if it is still not
+    finished; nothing if it is finished, or another process holds its lease."""
+    now = timezone.now()
+    claimed = (
+        PayloadRemoval.objects.filter(pk=record_id, kind=PayloadRemoved.ERASED, finished_at__isnull=True)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+        .update(lease_until=now + LEASE)
+    )
+    if claimed:
+        _erase(PayloadRemoval.objects.get(pk=record_id), seconds)
 
 
 def _erase(record: PayloadRemoval, seconds: float | None) -> None:
-    with _alone(ERASURE_LOCK, record.pk % 2**31) as alone:
-        if not alone:
-            return  # another process works on it
-        record.refresh_from_db()  # its counts as the last one who worked on it left them
-        if record.finished_at is not None:
-            return
-        rows = Event.objects.filter(payload_removed=PayloadRemoved.KEPT, created_at__lte=record.requested_at)
-        if record.agent_id is not None:  # its index, or the primary key's when the agent has most events
-            pages = _pages(rows.filter(agent_id=record.agent_id), "pk")
-        else:  # the (organization, created_at) index
-            pages = _pages(rows.filter(organization_id=record.organization_id), "created_at")
-        until = None if seconds is None else time.monotonic() + seconds
-        _run(record, pages, until=until)
-        record.save()
+    """Work on an erasure whose lease this process holds, for `seconds` (None: to the end),
+    then let go of it: finished, or handed to a worker."""
     scope = f"agent {record.agent_id}" if record.agent_id is not None else f"organization {record.organization_id}"
+    rows = Event.objects.filter(payload_removed=PayloadRemoved.KEPT, created_at__lte=record.requested_at)
+    if record.agent_id is not None:  # its index, or the primary key's when the agent has most events
+        pages = _pages(rows.filter(agent_id=record.agent_id), "pk")
+    else:  # the (organization, created_at) index
+        pages = _pages(rows.filter(organization_id=record.organization_id), "created_at")
+    try:
+        _run(record, pages, until=None if seconds is None else time.monotonic() + seconds)
+    except DatabaseError as exc:  # a deadlock, a lost connection: what was done is counted; go on later
+        logger.warning("erasing the payloads of %s stopped (%s): a worker goes on", scope, exc)
+    PayloadRemoval.objects.filter(pk=record.pk).update(finished_at=record.finished_at, lease_until=None)
     if record.finished_at is None:
         logger.info("erasing the payloads of %s: %d events so far; a worker goes on", scope, record.events)
         _schedule(CONTINUE_TASK, args=[record.pk], why="the erasure goes on at the next retention pass")
@@ -234,8 +242,10 @@ def _erase(record: PayloadRemoval, seconds: float | None) -> None:
 
 
 def _run(record: PayloadRemoval, pages, progress: Progress = None, until: float | None = None) -> None:
-    """Remove page after page, adding up the counts on `record` (not saved here); finished
-    (`finished_at`) unless it stopped at `until` (time.monotonic()) with pages left."""
+    """Remove page after page, adding up the counts on `record`; finished (`finished_at`)
+    unless it stopped at `until` (time.monotonic()) with pages left. A saved record (an
+    erasure) gets each page's counts, and a renewed lease, as the page is done; a retention
+    pass's is saved by the caller."""
     for ids in pages:
         if until is not None and time.monotonic() >= until:
             return
@@ -246,9 +256,25 @@ def _run(record: PayloadRemoval, pages, progress: Progress = None, until: float 
         metrics.deliveries_failed_unsent(batch.deliveries_failed)  # finished, as far as /metrics counts
         if batch.in_flight_until is not None:
             record.settle_by = max(filter(None, [record.settle_by, batch.in_flight_until]))
+        if record.pk is not None:
+            _count(record.pk, batch)
         if progress is not None:
             progress(batch)
     record.finished_at = timezone.now()
+
+
+def _count(record_id: int, batch: Batch) -> None:
+    """Add a page's counts to a saved record, in the database (whoever worked on it before
+    counted theirs there), and renew its lease."""
+    changes = {
+        "events": F("events") + batch.events,
+        "deliveries_failed": F("deliveries_failed") + batch.deliveries_failed,
+        "attempts_cleared": F("attempts_cleared") + batch.attempts_cleared,
+        "lease_until": timezone.now() + LEASE,
+    }
+    if batch.in_flight_until is not None:
+        changes["settle_by"] = Greatest(Coalesce("settle_by", batch.in_flight_until), batch.in_flight_until)
+    PayloadRemoval.objects.filter(pk=record_id).update(**changes)
 
 
 def _pages(rows, order: str):
@@ -325,7 +351,7 @@ def settle(now: datetime.datetime | None = None) -> int:
     schedule the broker lost."""
     now = now or timezone.now()
     cleared = 0
-    for record in PayloadRemoval.objects.filter(settled_at__isnull=True, settle_by__lte=now):
+    for record in PayloadRemoval.objects.filter(settled_at__isnull=True, settle_by__lte=now, finished_at__isnull=False):
         # Attempts started within a lease of the removal (the started_at index), of its events.
         since = record.requested_at - (record.settle_by - record.requested_at) - datetime.timedelta(hours=1)
         attempts = Attempt.objects.filter(
@@ -335,7 +361,7 @@ def settle(now: datetime.datetime | None = None) -> int:
         )
         count = _clear_excerpts(attempts)
         PayloadRemoval.objects.filter(pk=record.pk).update(
-            settled_at=now, attempts_cleared=record.attempts_cleared + count
+            settled_at=now, attempts_cleared=F("attempts_cleared") + count
         )
         cleared += count
     return cleared

@@ -237,10 +237,42 @@ print(going(), Delivery.objects.get(sequence=2).skipped_event_ids == [evs[0].pk]
 
 
 def test_the_ordering_indexes_are_built_without_blocking_writes(db):
-    """Migration 0011 adds four indexes to the busiest tables: on PostgreSQL they are built
+    """Migration 0014 adds four indexes to the busiest tables: on PostgreSQL they are built
     CONCURRENTLY (deliveries/migration_operations.py), so workers and publishers go on writing
     while an installation with millions of deliveries migrates."""
     out = io.StringIO()
-    call_command("sqlmigrate", "deliveries", "0011", stdout=out)
+    call_command("sqlmigrate", "deliveries", "0014", stdout=out)
     sql = out.getvalue()
     assert sql.count("CREATE INDEX CONCURRENTLY") == 4 and 'CREATE INDEX "' not in sql, sql
+
+
+INDEXES = ["delivery_run_order", "delivery_run_skipped", "delivery_waiting", "event_run_not_fanned_out"]
+
+
+def index_states() -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = ANY(%s)",
+            [INDEXES],
+        )
+        return dict(cursor.fetchall())
+
+
+def test_an_interrupted_index_migration_runs_again(transactional_db):
+    """A concurrent build that stopped halfway leaves an INVALID index; `migrate` again drops
+    it and builds it, and leaves alone the ones already built."""
+    call_command("migrate", "deliveries", "0013", verbosity=0)
+    try:
+        assert index_states() == {}
+        with connection.cursor() as cursor:  # as an interrupted build leaves them
+            cursor.execute("CREATE INDEX delivery_waiting ON deliveries_delivery (run_id) WHERE waiting")
+            cursor.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'delivery_waiting'::regclass")
+            cursor.execute(
+                "CREATE INDEX event_run_not_fanned_out ON deliveries_event (run_id, sequence) "
+                "WHERE fanned_out_at IS NULL AND run_id IS NOT NULL"
+            )
+        assert index_states() == {"delivery_waiting": False, "event_run_not_fanned_out": True}
+    finally:
+        call_command("migrate", "deliveries", verbosity=0)
+    assert index_states() == dict.fromkeys(INDEXES, True)

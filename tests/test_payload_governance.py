@@ -18,7 +18,7 @@ import types
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import OperationalError, connection
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -265,6 +265,50 @@ def test_an_erasure_no_worker_took_up_is_finished_by_the_retention_pass(org, age
     retention.expire()  # finished: not taken up again
     record.refresh_from_db()
     assert record.events == 3
+
+
+def test_an_erasure_stopped_by_a_database_error_keeps_its_count_and_goes_on(
+    org, agent, make_endpoint, api, monkeypatch
+):
+    """The third page fails (a deadlock, say): the API answers 202, not a 500, with the two
+    pages done counted; whoever goes on next counts on from there."""
+    monkeypatch.setattr(retention, "BATCH", 5)
+    endpoint = make_endpoint()
+    for _ in range(14):
+        answered(endpoint, age=datetime.timedelta(hours=1), agent=agent)
+    remove, calls = retention._remove, []
+
+    def fails_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OperationalError("deadlock detected")
+        return remove(*args)
+
+    monkeypatch.setattr(retention, "_remove", fails_third)
+    answer = api.post(f"/api/v1/agents/{agent.pk}/erase/", {}, format="json")
+    assert answer.status_code == 202 and answer.json()["events"] == 10, answer.content
+    record = PayloadRemoval.objects.get()
+    assert (record.events, record.finished_at, record.lease_until) == (10, None, None)  # let go of
+
+    retention.continue_erasure(record.pk)
+    record.refresh_from_db()
+    assert record.events == 14 and record.finished_at is not None and SECRET not in everything_stored()
+
+
+def test_one_process_at_a_time_works_on_an_erasure(org, agent, make_endpoint):
+    """An erasure whose lease another process holds is left to it; once that lease ran out (the
+    process died), the next one goes on."""
+    endpoint = make_endpoint()
+    answered(endpoint, age=datetime.timedelta(hours=1), agent=agent)
+    record = retention.erase(agent=agent, requested_by="test", seconds=0)
+    PayloadRemoval.objects.filter(pk=record.pk).update(lease_until=timezone.now() + datetime.timedelta(minutes=1))
+    retention.continue_erasure(record.pk)
+    assert PayloadRemoval.objects.get(pk=record.pk).events == 0 and SECRET in everything_stored()
+
+    PayloadRemoval.objects.filter(pk=record.pk).update(lease_until=timezone.now() - datetime.timedelta(seconds=1))
+    retention.continue_erasure(record.pk)
+    record.refresh_from_db()
+    assert record.events == 1 and record.finished_at is not None and record.lease_until is None
 
 
 def test_an_attempt_in_flight_during_an_erasure_brings_nothing_back(org, agent, make_endpoint):

@@ -17,7 +17,9 @@ from unittest import mock
 
 import pytest
 from django.contrib.admin.utils import quote
+from django.contrib.auth.models import Permission
 from django.db import connection, connections, transaction
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -247,8 +249,12 @@ def test_a_run_ending_while_it_is_subscribed_to_is_seen(transactional_db, api, r
 
 
 def waiting_for_a_lock() -> int:
+    """Sessions of this database waiting for a row lock in a SELECT ... FOR UPDATE (the API's)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+            "AND pid <> pg_backend_pid() AND query ILIKE '%%FOR UPDATE%%'"
+        )
         return cursor.fetchone()[0]
 
 
@@ -290,7 +296,7 @@ def admin_errors(response) -> dict[str, list[str]]:
     return {name: list(errors) for name, errors in response.context["adminform"].form.errors.items()}
 
 
-def test_a_run_subscription_is_made_from_the_runs_admin_page(admin_client, run):
+def test_a_run_subscription_is_made_from_the_runs_admin_page(admin_client, run, django_user_model):
     run_page = reverse("admin:agents_hooks_run_change", args=[quote(run.pk)])
     page = admin_client.get(run_page).content.decode()
     link = re.search(r'<a href="([^"]+)">Subscribe a URL to this run</a>', page)
@@ -310,6 +316,14 @@ def test_a_run_subscription_is_made_from_the_runs_admin_page(admin_client, run):
     made.save()
     assert "ended" in admin_client.get(run_page).content.decode()
 
+    # Someone who may see runs but not endpoints does not see the subscriptions' URLs.
+    viewer = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_run"))
+    client = Client()
+    client.force_login(viewer)
+    page = client.get(run_page)
+    assert page.status_code == 200 and made.pk not in page.content.decode() and HOOK not in page.content.decode()
+
 
 def test_the_admin_refuses_what_the_api_refuses_for_a_run_subscription(admin_client, org, run):
     add = reverse("admin:webhooks_endpoint_add")
@@ -321,6 +335,7 @@ def test_the_admin_refuses_what_the_api_refuses_for_a_run_subscription(admin_cli
     cases = [
         (admin_form(theirs, organization=org.pk), "run", "belongs to another organization"),
         (admin_form(run, agent=other_agent.pk), "agent", "takes its run's agent"),
+        (admin_form(run, kind="pull", url=""), "kind", "choose push"),
         (admin_form(run, expires_at_0=past, expires_at_1="00:00:00"), "expires_at", "Must be in the future"),
         (admin_form(run, expires_at_0=far, expires_at_1="00:00:00"), "expires_at", "At most 2592000 seconds (30 days)"),
         (

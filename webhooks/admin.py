@@ -235,6 +235,8 @@ class EndpointForm(forms.ModelForm):
                 "run",
                 f"Run {run.pk} already ended ({run.status}): its last event was published, so nothing is left to send.",
             )
+        if cleaned.get("kind", EndpointKind.PUSH) != EndpointKind.PUSH:
+            self.add_error("kind", "A run subscription is pushed to its URL: choose push.")
         agent = cleaned.get("agent")
         if agent and agent.pk != run.agent_id:
             self.add_error("agent", f"A run subscription takes its run's agent ({run.agent}): leave this empty.")

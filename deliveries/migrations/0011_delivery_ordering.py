@@ -2,11 +2,9 @@
 
 from django.db import migrations, models
 
-from deliveries.migration_operations import AddIndexOnline
-
 
 class Migration(migrations.Migration):
-    atomic = False  # the indexes are built CONCURRENTLY on PostgreSQL: no transaction around them
+    # Its indexes are built by 0014, concurrently on PostgreSQL, outside any transaction.
 
     dependencies = [
         ('deliveries', '0010_publish_numbered'),
@@ -33,21 +31,5 @@ class Migration(migrations.Migration):
             model_name='delivery',
             name='waiting',
             field=models.BooleanField(default=False),
-        ),
-        AddIndexOnline(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('run_id__isnull', False), ('status', 'pending')), fields=['run_id', 'endpoint', 'sequence'], name='delivery_run_order'),
-        ),
-        AddIndexOnline(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('run_id__isnull', False), ('status__in', ['failed', 'dead'])), fields=['run_id', 'endpoint', 'sequence'], name='delivery_run_skipped'),
-        ),
-        AddIndexOnline(
-            model_name='delivery',
-            index=models.Index(condition=models.Q(('waiting', True)), fields=['run_id'], name='delivery_waiting'),
-        ),
-        AddIndexOnline(
-            model_name='event',
-            index=models.Index(condition=models.Q(('fanned_out_at', None), ('run_id__isnull', False)), fields=['run_id', 'sequence'], name='event_run_not_fanned_out'),
         ),
     ]

@@ -46,6 +46,7 @@ class Migration(migrations.Migration):
                 ("attempts_cleared", models.PositiveIntegerField(default=0)),
                 ("settle_by", models.DateTimeField(blank=True, null=True)),
                 ("settled_at", models.DateTimeField(blank=True, null=True)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
             ],
             options={
                 "indexes": [models.Index(fields=["kind", "organization_id", "-cutoff"], name="removal_cutoff")],
