@@ -112,6 +112,15 @@ def test_a_retention_pass_and_an_erasure_at_once_remove_each_payload_once(
     for _ in range(60):
         answered(endpoint, age=OLD, agent=agent)
     results, problems = {}, []
+    both_started, remove, started = threading.Barrier(2, timeout=20), retention._remove, set()
+
+    def remove_once_both_began(*args):  # each thread's first page waits for the other's: they overlap
+        if threading.get_ident() not in started:
+            started.add(threading.get_ident())
+            both_started.wait()
+        return remove(*args)
+
+    monkeypatch.setattr(retention, "_remove", remove_once_both_began)
 
     def run(name, remove):
         try:
