@@ -34,7 +34,8 @@ def test_ordered_throughput_with_a_slow_run_delivers_everything():
     assert result["ordered"] and result["runs"] == 5
     assert result["verified"] == result["deliveries"] == result["succeeded_rows"] == 60
     assert result["slow_run_deliveries"] == 12 and result["other_runs_deliveries"] == 48  # 4 of 20 steps x 3
-    assert result["slow_run_seconds"] >= 4 * 0.2  # its 4 events one after another, 0.2 s each
+    # Its 4 events one after another: the last arrives once the 3 before it were answered, 0.2 s each.
+    assert result["slow_run_seconds"] >= 3 * 0.2
 
 
 def test_overhead_and_fanout_scenarios_run():
