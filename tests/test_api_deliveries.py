@@ -232,8 +232,8 @@ def test_retry_now_sends_a_delivery_waiting_hours_for_its_retry(live, api, org):
 
     asked = timezone.now()
     assert api.post(f"/api/v1/deliveries/{delivery.pk}/retry/").status_code == 202
-    first, second = live.wait_for(2, path="/fixed", timeout=10)
-    assert second.at - asked.timestamp() < 5
+    first, second = live.wait_for(2, path="/fixed", timeout=30)
+    assert second.at - asked.timestamp() < 60  # now, not in the hour the schedule said
     assert second.headers["webhook-id"] == first.headers["webhook-id"]
     wait_until(lambda: api.get(f"/api/v1/deliveries/{delivery.pk}/").json()["status"] == "succeeded")
     attempts = api.get(f"/api/v1/deliveries/{delivery.pk}/").json()["attempts"]

@@ -26,7 +26,7 @@ def envelope(received) -> dict:
 def test_an_ordered_run_waits_for_its_failing_event_while_another_run_flows(live, org, agent, make_endpoint):
     """Run A's event 3 is refused until its delivery is dead: 4 and 5 wait for it, then go,
     saying what was skipped; run B's five events all arrive, in order, while A waits."""
-    make_endpoint("/ordered", ordering="run", retry_schedule=[1, 1])
+    make_endpoint("/ordered", ordering="run", retry_schedule=[1, 5])  # A's 3 dies after 6 s: B has time
     run_a, run_b = Run.objects.create(agent=agent), Run.objects.create(agent=agent)
     live.answer(
         "/ordered", lambda body: 500 if json.loads(body)["run_id"] == run_a.pk and b'"sequence":3' in body else None

@@ -29,7 +29,8 @@ def test_completed_step_is_posted_signed_and_logged(live, agent, make_endpoint):
     finish(step)
 
     (request,) = live.wait_for(1)
-    assert request.at - started < 2.0, "a step's webhook should arrive within a second or so"
+    # Within seconds, not at some later sweep (its latency is measured by bench/, not here).
+    assert request.at - started < 10.0, "a step's webhook should arrive within seconds"
 
     # Standard Webhooks, checked by the `standardwebhooks` package, which we did not write.
     payload = Webhook(endpoint.secret).verify(request.body, request.headers)
