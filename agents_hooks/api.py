@@ -10,14 +10,13 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from deliveries import retention
-from deliveries.api import ERASURE_GOES_ON, erasure_answer
+from deliveries import api as erasures
 from deliveries.serializers import EraseRequestSerializer, PayloadRemovalSerializer
 from webhooks_project.filters import SearchFilter
 
 from . import filters as f
 from . import serializers as s
-from .auth import OrganizationScoped, requester
+from .auth import OrganizationScoped
 from .models import Agent, AgentTool, Job, Message, Run, Step, Tool, ToolExecution
 
 
@@ -58,7 +57,9 @@ class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
         agent = self.get_queryset().get(pk=agent.pk)
         return Response(self.get_serializer(agent).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=EraseRequestSerializer, responses={200: PayloadRemovalSerializer, 202: ERASURE_GOES_ON})
+    @extend_schema(
+        request=EraseRequestSerializer, responses={200: PayloadRemovalSerializer, 202: erasures.ERASURE_GOES_ON}
+    )
     @action(detail=True, methods=["post"])
     def erase(self, request, pk=None):
         """Erase the payloads of every event of this agent now: the events' bodies, their
@@ -67,16 +68,7 @@ class AgentViewSet(OrganizationScoped, viewsets.ModelViewSet):
         never sent. Recorded with your key and the time. Cannot be undone. Done within the request
         (200), or, for an agent with very many events, begun and then continued by a worker (202,
         `state: running`: follow it at `GET /api/v1/payload-removals/<id>/`)."""
-        agent = self.get_object()
-        body = EraseRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        record = retention.erase(
-            agent=agent,
-            requested_by=requester(request),
-            reason=body.validated_data["reason"],
-            seconds=retention.IN_REQUEST_SECONDS,
-        )
-        return erasure_answer(record)
+        return erasures.erase(request, agent=self.get_object())
 
     @extend_schema(request=None, responses={204: None})
     @action(detail=True, methods=["delete"], url_path=r"tools/(?P<tool_id>[^/]+)")

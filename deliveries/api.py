@@ -188,8 +188,18 @@ ERASURE_GOES_ON = OpenApiResponse(
 )
 
 
-def erasure_answer(record) -> Response:
-    """200 with the record of an erasure done in the request; 202 with it while a worker goes on."""
+def erase(request, **scope) -> Response:
+    """An erasure asked for over the API (`agent=` or `organization=`), its body checked:
+    10 s of it in the request, then 200 with its record if it is done, or 202 with it while a
+    worker goes on."""
+    body = s.EraseRequestSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    record = retention.erase(
+        requested_by=requester(request),
+        reason=body.validated_data["reason"],
+        seconds=retention.IN_REQUEST_SECONDS,
+        **scope,
+    )
     done = record.finished_at is not None
     return Response(s.PayloadRemovalSerializer(record).data, status=status.HTTP_200_OK if done else 202)
 
@@ -223,13 +233,4 @@ class OrganizationEraseView(APIView):
         agent's erase, for all of its agents and its organization-level events."""
         if "\x00" in pk:  # PostgreSQL text cannot hold NUL: no organization has this id
             raise Http404
-        organization = get_object_or_404(Organization, pk=pk)
-        body = s.EraseRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        record = retention.erase(
-            organization=organization,
-            requested_by=requester(request),
-            reason=body.validated_data["reason"],
-            seconds=retention.IN_REQUEST_SECONDS,
-        )
-        return erasure_answer(record)
+        return erase(request, organization=get_object_or_404(Organization, pk=pk))
