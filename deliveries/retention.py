@@ -224,14 +224,20 @@ def _erase(record: PayloadRemoval, seconds: float | None) -> None:
         pages = _pages(rows.filter(agent_id=record.agent_id), "pk")
     else:  # the (organization, created_at) index
         pages = _pages(rows.filter(organization_id=record.organization_id), "created_at")
+    failed = False
     try:
         _run(record, pages, until=None if seconds is None else time.monotonic() + seconds)
     except DatabaseError as exc:  # a deadlock, a lost connection: what was done is counted; go on later
-        logger.warning("erasing the payloads of %s stopped (%s): a worker goes on", scope, exc)
+        logger.warning("erasing the payloads of %s stopped (%s): a worker goes on in a minute", scope, exc)
+        failed = True
     PayloadRemoval.objects.filter(pk=record.pk).update(finished_at=record.finished_at, lease_until=None)
     if record.finished_at is None:
         logger.info("erasing the payloads of %s: %d events so far; a worker goes on", scope, record.events)
-        _schedule(CONTINUE_TASK, args=[record.pk], why="the erasure goes on at the next retention pass")
+        # After an error, not at once: one that comes back every time must not become a busy loop.
+        _schedule(
+            CONTINUE_TASK, args=[record.pk], countdown=60 if failed else 0,
+            why="the erasure goes on at the next retention pass",
+        )  # fmt: skip
         return
     logger.warning(
         "payloads erased: %s, %d events (%d pending deliveries failed), asked by %s",

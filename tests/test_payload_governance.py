@@ -277,7 +277,7 @@ def test_an_erasure_no_worker_took_up_is_finished_by_the_retention_pass(org, age
 
 
 def test_an_erasure_stopped_by_a_database_error_keeps_its_count_and_goes_on(
-    org, agent, make_endpoint, api, monkeypatch
+    org, agent, make_endpoint, api, monkeypatch, django_capture_on_commit_callbacks
 ):
     """The third page fails (a deadlock, say): the API answers 202, not a 500, with the two
     pages done counted; whoever goes on next counts on from there."""
@@ -294,8 +294,15 @@ def test_an_erasure_stopped_by_a_database_error_keeps_its_count_and_goes_on(
         return remove(*args)
 
     monkeypatch.setattr(retention, "_remove", fails_third)
-    answer = api.post(f"/api/v1/agents/{agent.pk}/erase/", {}, format="json")
+    sent = []
+    monkeypatch.setattr(retention.current_app, "send_task", lambda name, **options: sent.append((name, options)))
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = api.post(f"/api/v1/agents/{agent.pk}/erase/", {}, format="json")
     assert answer.status_code == 202 and answer.json()["events"] == 10, answer.content
+    # A worker goes on, a minute later: an error that came back every time would not be a busy loop.
+    assert [(name, options["args"], options["countdown"]) for name, options in sent] == [
+        (retention.CONTINUE_TASK, [answer.json()["id"]], 60)
+    ]
     record = PayloadRemoval.objects.get()
     assert (record.events, record.finished_at, record.lease_until) == (10, None, None)  # let go of
 
