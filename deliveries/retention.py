@@ -100,7 +100,7 @@ def expire(now: datetime.datetime | None = None, progress: Progress = None) -> i
     shorter period of its own. Also settles earlier removals whose in-flight attempts are over.
     One pass at a time: while another runs (a first pass over years of events can outlast the
     hour), this one does nothing and returns 0."""
-    with _alone(ADVISORY_LOCK) as alone:
+    with _alone() as alone:
         return _expire_all(now or timezone.now(), progress) if alone else 0
 
 
@@ -125,22 +125,21 @@ def _expire_all(now: datetime.datetime, progress: Progress) -> int:
 
 
 @contextlib.contextmanager
-def _alone(key: int):
-    """Whether this process holds the PostgreSQL advisory lock `key` (the retention passes'),
-    taken for the session, so not held by any transaction, and released at the end. Other
-    databases: yes (one writer at a time)."""
+def _alone():
+    """Whether this process holds the retention passes' PostgreSQL advisory lock (taken for
+    the session, so not held by any transaction; released at the end). Other databases: yes."""
     if connection.vendor != "postgresql":
         yield True
         return
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK])
         held = cursor.fetchone()[0]
     try:
         yield held
     finally:
         if held:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK])
 
 
 def _expire(organization_id: str | None, cutoff: datetime.datetime, now, progress: Progress) -> int:
