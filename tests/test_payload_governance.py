@@ -256,6 +256,8 @@ def test_an_erasure_longer_than_a_request_goes_on_in_a_worker(live, org, agent, 
     assert [r["id"] for r in api.get("/api/v1/payload-removals/").json()["results"]] == [record["id"]]
     other = APIClient(HTTP_AUTHORIZATION=f"Bearer {ApiKey.issue(Organization.objects.create(name='Other'))[1]}")
     assert other.get(url).status_code == 404
+    for bad in ("abc", "99999999999999999999999", "%00"):  # not an id, out of range, NUL: a 404, never a 500
+        assert api.get(f"/api/v1/payload-removals/{bad}/").status_code == 404, bad
 
 
 def test_an_erasure_no_worker_took_up_is_finished_by_the_retention_pass(org, agent, make_endpoint, settings):
